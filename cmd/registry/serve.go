@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/api"
+	"github.com/berthreg/berth/pkg/config"
+	"github.com/berthreg/berth/pkg/meta/bolt"
+	"github.com/berthreg/berth/pkg/registry"
+	"github.com/berthreg/berth/pkg/storage/fs"
+)
+
+// shutdownGrace bounds how long in-flight requests may finish on SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+func cmdServe(args []string, stderr io.Writer) error {
+	fl := newFlags("serve", "serve [CONFIG]", stderr)
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if fl.NArg() > 1 {
+		return fmt.Errorf("%w: serve takes at most one CONFIG file", errUsage)
+	}
+	cfg := config.Default()
+	var warnings []string
+	if fl.NArg() == 1 {
+		var err error
+		cfg, warnings, err = config.Load(fl.Arg(0))
+		if err != nil {
+			return err
+		}
+	}
+	log, closeLog, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	for _, w := range warnings {
+		log.Warn().Str("config", fl.Arg(0)).Msg(w)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, cfg, log)
+}
+
+// newLogger builds the root logger from the log section.
+func newLogger(lc config.LogConfig, stderr io.Writer) (zerolog.Logger, func(), error) {
+	var out io.Writer = os.Stdout
+	closeFn := func() {}
+	if lc.Output != "" {
+		f, err := os.OpenFile(lc.Output, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return zerolog.Logger{}, nil, fmt.Errorf("log.output: %w", err)
+		}
+		out, closeFn = f, func() { _ = f.Close() }
+	}
+	level, err := zerolog.ParseLevel(lc.Level)
+	if err != nil || lc.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closeFn, nil
+}
+
+// serve runs the registry until ctx ends.
+func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+	if n := cfg.Storage.DriverName(); n != config.DriverFilesystem {
+		return fmt.Errorf("storage.storageDriver.name: %q is not supported by this build yet", n)
+	}
+	if n := cfg.Storage.CacheName(); n != config.CacheBoltDB {
+		return fmt.Errorf("storage.cacheDriver.name: %q is not supported by this build yet", n)
+	}
+	root := cfg.Storage.RootDirectory
+	store, err := fs.New(root, log.With().Str("component", "fs").Logger())
+	if err != nil {
+		return fmt.Errorf("open storage %s: %w", root, err)
+	}
+	metaDir := filepath.Join(root, "_meta")
+	if cfg.Storage.CacheDriver != nil && cfg.Storage.CacheDriver.RootDir != "" {
+		metaDir = cfg.Storage.CacheDriver.RootDir
+	}
+	if err := os.MkdirAll(metaDir, 0o755); err != nil {
+		return fmt.Errorf("create metadata directory: %w", err)
+	}
+	md, err := bolt.Open(filepath.Join(metaDir, "meta.db"))
+	if err != nil {
+		return fmt.Errorf("open metadata: %w", err)
+	}
+	defer md.Close()
+
+	reg := registry.New(store, md, log.With().Str("component", "registry").Logger())
+	start := time.Now()
+	st, err := reg.Rebuild(ctx)
+	if err != nil {
+		return fmt.Errorf("rebuild metadata: %w", err)
+	}
+	log.Info().Int("repos", st.Repos).Int("rebuilt", st.Rebuilt).Int("dropped", st.Dropped).
+		Dur("dur", time.Since(start)).Msg("metadata checked against storage")
+
+	var promReg *prometheus.Registry
+	if cfg.Extensions == nil || cfg.Extensions.Metrics == nil || cfg.Extensions.MetricsEnabled() {
+		promReg = prometheus.NewRegistry()
+		promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	metricsPath := ""
+	if cfg.Extensions != nil && cfg.Extensions.Metrics != nil && cfg.Extensions.Metrics.Prometheus != nil {
+		metricsPath = cfg.Extensions.Metrics.Prometheus.Path
+	}
+	srv := api.New(reg, api.Options{Log: log, Metrics: promReg, MetricsPath: metricsPath})
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr())
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr(), err)
+	}
+	hs := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          nil,
+	}
+	scheme := "http"
+	if cfg.HTTP.TLSEnabled() {
+		scheme = "https"
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	srv.SetReady(true)
+	log.Info().Str("addr", ln.Addr().String()).Str("scheme", scheme).Str("root", root).
+		Str("version", buildVersion()).Msg("serving")
+
+	errc := make(chan error, 1)
+	go func() {
+		if scheme == "https" {
+			errc <- hs.ServeTLS(ln, cfg.HTTP.TLS.Cert, cfg.HTTP.TLS.Key)
+		} else {
+			errc <- hs.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	case <-ctx.Done():
+	}
+	log.Info().Msg("shutting down")
+	srv.SetReady(false)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

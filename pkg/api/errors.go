@@ -1,0 +1,108 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/meta"
+	"github.com/berthreg/berth/pkg/registry"
+	"github.com/berthreg/berth/pkg/storage"
+)
+
+// apiError is an error answered with the spec's JSON error body.
+type apiError struct {
+	Status  int
+	Code    errcode.ErrorCode
+	Message string
+	Detail  any
+	Header  http.Header // extra response headers (Range on 416)
+	cause   error
+}
+
+func (e *apiError) Error() string {
+	if e.cause != nil {
+		return e.Code.String() + ": " + e.cause.Error()
+	}
+	return e.Code.String() + ": " + e.Message
+}
+
+func (e *apiError) Unwrap() error { return e.cause }
+
+// newError builds an apiError with the code's status and message.
+func newError(code errcode.ErrorCode, message string) *apiError {
+	d := code.Descriptor()
+	if message == "" {
+		message = d.Message
+	}
+	return &apiError{Status: d.HTTPStatusCode, Code: code, Message: message}
+}
+
+// errorTable maps sentinel errors to OCI codes. The first match wins.
+var errorTable = []struct {
+	err    error
+	code   errcode.ErrorCode
+	status int // 0: the code's own status
+}{
+	{registry.ErrNameInvalid, errcode.ErrorCodeNameInvalid, 0},
+	{registry.ErrTagInvalid, errcode.ErrorCodeTagInvalid, 0},
+	{registry.ErrDigestInvalid, errcode.ErrorCodeDigestInvalid, 0},
+	{storage.ErrUnsupportedAlgo, errcode.ErrorCodeDigestInvalid, 0},
+	{storage.ErrDigestMismatch, errcode.ErrorCodeDigestInvalid, 0},
+	{storage.ErrSizeMismatch, errcode.ErrorCodeSizeInvalid, 0},
+	{registry.ErrManifestTooLarge, errcode.ErrorCodeManifestInvalid, http.StatusRequestEntityTooLarge},
+	{registry.ErrManifestInvalid, errcode.ErrorCodeManifestInvalid, 0},
+	{registry.ErrManifestBlob, errcode.ErrorCodeManifestBlobUnknown, 0},
+	{registry.ErrManifestUnknown, errcode.ErrorCodeManifestUnknown, 0},
+	{registry.ErrNotAcceptable, errcode.ErrorCodeManifestUnknown, 0},
+	{registry.ErrNameUnknown, errcode.ErrorCodeNameUnknown, 0},
+	{storage.ErrBlobUnknown, errcode.ErrorCodeBlobUnknown, 0},
+	{storage.ErrUploadUnknown, errcode.ErrorCodeBlobUploadUnknown, 0},
+	{storage.ErrUploadBusy, errcode.ErrorCodeBlobUploadInvalid, http.StatusConflict},
+	{meta.ErrNotFound, errcode.ErrorCodeNameUnknown, 0},
+}
+
+// toAPIError converts any error to the response it deserves. Errors the
+// table does not know become UNKNOWN (500) without leaking internals.
+func toAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	for _, row := range errorTable {
+		if errors.Is(err, row.err) {
+			e := newError(row.code, err.Error())
+			if row.status != 0 {
+				e.Status = row.status
+			}
+			e.cause = err
+			return e
+		}
+	}
+	e := newError(errcode.ErrorCodeUnknown, "internal error")
+	e.cause = err
+	return e
+}
+
+// writeError answers err: headers, then status, then the JSON body.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := toAPIError(err)
+	ev := zerolog.Ctx(r.Context()).Debug()
+	if e.Status >= 500 {
+		ev = zerolog.Ctx(r.Context()).Error()
+	}
+	ev.Err(err).Str("code", e.Code.String()).Int("status", e.Status).Msg("request failed")
+	for k, v := range e.Header {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Type", "application/json")
+	body, _ := json.Marshal(errcode.Errors{errcode.Error{Code: e.Code, Message: e.Message, Detail: e.Detail}})
+	w.Header().Set("Content-Length", itoa(int64(len(body))))
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}

@@ -1,0 +1,187 @@
+// Package api serves the OCI Distribution API v1.1 over a registry.Registry.
+// It knows the storage and metadata stores only through their interfaces.
+package api
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/registry"
+)
+
+// Options configures a Server.
+type Options struct {
+	// Log is the root logger; request fields are added per request.
+	Log zerolog.Logger
+	// Member names this process in logs (host:port), empty when alone.
+	Member string
+	// Metrics receives the server's collectors; nil disables /metrics.
+	Metrics *prometheus.Registry
+	// MetricsPath is where metrics are served (default /metrics).
+	MetricsPath string
+}
+
+// Server is the HTTP handler of the registry.
+type Server struct {
+	reg     *registry.Registry
+	opts    Options
+	metrics *metrics
+	ready   atomic.Bool
+	mux     *http.ServeMux
+}
+
+// New returns a Server for reg. It answers /readyz with 503 until SetReady.
+func New(reg *registry.Registry, opts Options) *Server {
+	if opts.MetricsPath == "" {
+		opts.MetricsPath = "/metrics"
+	}
+	s := &Server{reg: reg, opts: opts, metrics: newMetrics(opts.Metrics)}
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	s.mux.HandleFunc("/readyz", s.readyz)
+	if opts.Metrics != nil {
+		s.mux.Handle(opts.MetricsPath, s.metrics.handler())
+	}
+	s.mux.HandleFunc("/v2/", s.v2)
+	s.mux.HandleFunc("/v2", s.v2)
+	return s
+}
+
+// SetReady marks the server ready (or not) for /readyz.
+func (s *Server) SetReady(ok bool) { s.ready.Store(ok) }
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if !s.ready.Load() {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// ServeHTTP implements http.Handler with request ids, access logs, metrics
+// and panic recovery around the routes.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := requestID(r)
+	w.Header().Set("X-Request-Id", id)
+	rt := parseRoute(r.URL.Path)
+	lg := s.opts.Log.With().Str("req_id", id).Str("method", r.Method).Str("path", r.URL.Path)
+	if rt.Repo != "" {
+		lg = lg.Str("repo", rt.Repo)
+	}
+	if s.opts.Member != "" {
+		lg = lg.Str("member", s.opts.Member)
+	}
+	logger := lg.Logger()
+	r = r.WithContext(logger.WithContext(r.Context()))
+	cw := &countingWriter{ResponseWriter: w}
+	body := &countingBody{ReadCloser: r.Body}
+	r.Body = body
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			logger.Error().Interface("panic", p).Msg("handler panicked")
+			if cw.status == 0 {
+				writeError(cw, r, fmt.Errorf("panic: %v", p))
+			}
+		}
+		status := cw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		dur := time.Since(start)
+		s.metrics.observe(rt.Kind.String(), r.Method, status, body.n, cw.n, dur)
+		ev := logger.Info()
+		if rt.Kind == kindNone {
+			ev = logger.Debug()
+		}
+		ev.Int("status", status).Int64("bytes_in", body.n).Int64("bytes_out", cw.n).
+			Dur("dur", dur).Msg("request")
+	}()
+	s.mux.ServeHTTP(cw, r)
+}
+
+// v2 dispatches an API request by its parsed route.
+func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt := parseRoute(r.URL.Path)
+	if rt.Kind == kindNone {
+		writeError(w, r, newError(errcode.ErrorCodeNameInvalid, "no such API endpoint"))
+		return
+	}
+	if rt.Kind != kindBase && rt.Kind != kindCatalog && !registry.ValidName(rt.Repo) {
+		writeError(w, r, newError(errcode.ErrorCodeNameInvalid, fmt.Sprintf("invalid repository name %q", rt.Repo)))
+		return
+	}
+	var err error
+	switch rt.Kind {
+	case kindBase:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.base, "HEAD": s.base})
+	case kindCatalog:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.catalog})
+	case kindTags:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.tags})
+	case kindManifest:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.getManifest, "HEAD": s.getManifest, "PUT": s.putManifest, "DELETE": s.deleteManifest})
+	case kindBlob:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.getBlob, "HEAD": s.getBlob, "DELETE": s.deleteBlob})
+	case kindUploadStart:
+		err = s.methods(w, r, rt, map[string]handler{"POST": s.startUpload})
+	case kindUpload:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.uploadStatus, "PATCH": s.patchUpload, "PUT": s.putUpload, "DELETE": s.cancelUpload})
+	case kindReferrers:
+		err = s.methods(w, r, rt, map[string]handler{"GET": s.referrers})
+	}
+	if err != nil {
+		writeError(w, r, err)
+	}
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, rt route) error
+
+func (s *Server) methods(w http.ResponseWriter, r *http.Request, rt route, m map[string]handler) error {
+	h, ok := m[r.Method]
+	if !ok {
+		e := newError(errcode.ErrorCodeUnsupported, "method "+r.Method+" not allowed on "+rt.Kind.String())
+		e.Status = http.StatusMethodNotAllowed
+		return e
+	}
+	return h(w, r, rt)
+}
+
+func (s *Server) base(w http.ResponseWriter, r *http.Request, _ route) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", "2")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte("{}"))
+	}
+	return nil
+}
+
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// requestID reuses a well-formed X-Request-Id (set by a proxy in front or a
+// forwarding member) or makes a new one.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); requestIDRE.MatchString(id) {
+		return id
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,239 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/registry"
+	"github.com/berthreg/berth/pkg/storage"
+)
+
+// startUpload handles POST .../blobs/uploads/: a cross-repository mount, a
+// monolithic upload (?digest=), or a new session.
+func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	q := r.URL.Query()
+	if m := q.Get("mount"); m != "" {
+		if dgst, err := parseDigest(m); err == nil {
+			if ok := s.mount(r, rt.Repo, q.Get("from"), dgst); ok {
+				return blobCreated(w, rt.Repo, dgst)
+			}
+		}
+		// The spec lets a registry that cannot mount start a session instead.
+	}
+	if d := q.Get("digest"); d != "" {
+		dgst, err := parseDigest(d)
+		if err != nil {
+			return err
+		}
+		up, err := s.reg.Store().NewUpload(ctx, rt.Repo)
+		if err != nil {
+			return err
+		}
+		defer up.Close()
+		if err := s.appendBody(r, up); err != nil {
+			_ = up.Cancel(ctx)
+			return err
+		}
+		if _, err := up.Commit(ctx, dgst); err != nil {
+			return err
+		}
+		s.reg.NoteBlob(ctx, rt.Repo, dgst)
+		return blobCreated(w, rt.Repo, dgst)
+	}
+	up, err := s.reg.Store().NewUpload(ctx, rt.Repo)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	return uploadAccepted(w, rt.Repo, up, http.StatusAccepted)
+}
+
+// mount makes dgst of from (or, without from, of any repository holding
+// it) visible in repo, reporting success.
+func (s *Server) mount(r *http.Request, repo, from string, dgst digest.Digest) bool {
+	ctx := r.Context()
+	log := zerolog.Ctx(ctx)
+	if _, err := s.reg.Store().Stat(ctx, repo, dgst); err == nil {
+		return true
+	}
+	if from == "" {
+		found, err := s.reg.FindBlob(ctx, dgst, repo)
+		if err != nil {
+			log.Debug().Err(err).Str("digest", dgst.String()).Msg("no repository to mount from")
+			return false
+		}
+		from = found
+	}
+	if from == repo || !registry.ValidName(from) {
+		return false
+	}
+	if err := s.reg.Store().Mount(ctx, from, repo, dgst); err != nil {
+		log.Debug().Err(err).Str("from", from).Str("digest", dgst.String()).Msg("mount failed")
+		return false
+	}
+	s.reg.NoteBlob(ctx, repo, dgst)
+	return true
+}
+
+// patchUpload appends a chunk (with Content-Range) or a stream (without).
+func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	up, err := s.reg.Store().Upload(r.Context(), rt.Repo, rt.Ref)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	if err := checkContentRange(r, rt.Repo, up); err != nil {
+		return err
+	}
+	if err := s.appendBody(r, up); err != nil {
+		return err
+	}
+	return uploadAccepted(w, rt.Repo, up, http.StatusAccepted)
+}
+
+// putUpload closes a session, with or without a final chunk.
+func (s *Server) putUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	d := r.URL.Query().Get("digest")
+	if d == "" {
+		return newError(errcode.ErrorCodeDigestInvalid, "digest query parameter is required to close an upload")
+	}
+	dgst, err := parseDigest(d)
+	if err != nil {
+		return err
+	}
+	up, err := s.reg.Store().Upload(ctx, rt.Repo, rt.Ref)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	if err := checkContentRange(r, rt.Repo, up); err != nil {
+		return err
+	}
+	if err := s.appendBody(r, up); err != nil {
+		return err
+	}
+	if _, err := up.Commit(ctx, dgst); err != nil {
+		return err
+	}
+	s.reg.NoteBlob(ctx, rt.Repo, dgst)
+	return blobCreated(w, rt.Repo, dgst)
+}
+
+// uploadStatus reports how much of a session has been received.
+func (s *Server) uploadStatus(w http.ResponseWriter, r *http.Request, rt route) error {
+	up, err := s.reg.Store().Upload(r.Context(), rt.Repo, rt.Ref)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	return uploadAccepted(w, rt.Repo, up, http.StatusNoContent)
+}
+
+// cancelUpload discards a session.
+func (s *Server) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	up, err := s.reg.Store().Upload(r.Context(), rt.Repo, rt.Ref)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	if err := up.Cancel(r.Context()); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// appendBody streams the request body into the session.
+func (s *Server) appendBody(r *http.Request, up storage.Upload) error {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil
+	}
+	s.metrics.uploads.Inc()
+	defer s.metrics.uploads.Dec()
+	n, err := up.Append(r.Context(), r.Body)
+	if err != nil {
+		return fmt.Errorf("receive upload body after %d bytes: %w", n, err)
+	}
+	if r.ContentLength > 0 && n != r.ContentLength {
+		return newError(errcode.ErrorCodeSizeInvalid, fmt.Sprintf("received %d bytes, Content-Length was %d", n, r.ContentLength))
+	}
+	return nil
+}
+
+// checkContentRange rejects a chunk that does not start where the session
+// ends (416 with the current Range), or whose range disagrees with its length.
+func checkContentRange(r *http.Request, repo string, up storage.Upload) error {
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		return nil
+	}
+	start, end, err := parseContentRange(cr)
+	bad := err != nil || start != up.Size() || (r.ContentLength >= 0 && end-start+1 != r.ContentLength)
+	if !bad {
+		return nil
+	}
+	e := newError(errcode.ErrorCodeRangeInvalid, fmt.Sprintf("Content-Range %q does not continue the upload at offset %d", cr, up.Size()))
+	e.Header = http.Header{}
+	e.Header.Set("Location", uploadLocation(repo, up.ID()))
+	e.Header.Set("Range", uploadRange(up.Size()))
+	e.Header.Set("Docker-Upload-UUID", up.ID())
+	return e
+}
+
+// parseContentRange accepts "start-end", "bytes start-end" and "bytes start-end/total".
+func parseContentRange(s string) (int64, int64, error) {
+	s = strings.TrimSpace(strings.TrimPrefix(s, "bytes"))
+	s = strings.TrimPrefix(s, "=")
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s = s[:i]
+	}
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
+	if !ok {
+		return 0, 0, errors.New("missing '-'")
+	}
+	start, err1 := strconv.ParseInt(a, 10, 64)
+	end, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, errors.New("malformed range")
+	}
+	return start, end, nil
+}
+
+func uploadLocation(repo, id string) string { return "/v2/" + repo + "/blobs/uploads/" + id }
+
+// uploadRange is the Range header of a session holding size bytes.
+func uploadRange(size int64) string {
+	if size <= 0 {
+		return "0-0"
+	}
+	return "0-" + itoa(size-1)
+}
+
+func uploadAccepted(w http.ResponseWriter, repo string, up storage.Upload, status int) error {
+	h := w.Header()
+	h.Set("Location", uploadLocation(repo, up.ID()))
+	h.Set("Range", uploadRange(up.Size()))
+	h.Set("Docker-Upload-UUID", up.ID())
+	h.Set("Content-Length", "0")
+	w.WriteHeader(status)
+	return nil
+}
+
+func blobCreated(w http.ResponseWriter, repo string, dgst digest.Digest) error {
+	h := w.Header()
+	h.Set("Location", "/v2/"+repo+"/blobs/"+dgst.String())
+	h.Set("Docker-Content-Digest", dgst.String())
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}

@@ -1,0 +1,165 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berthreg/berth/pkg/meta"
+	"github.com/berthreg/berth/pkg/storage"
+)
+
+// RebuildStats counts what Rebuild did.
+type RebuildStats struct {
+	Repos, Rebuilt, Dropped int
+}
+
+// Rebuild brings metadata in line with storage: a repository whose metadata
+// is missing or derived from another index.json version is re-derived from
+// storage, and metadata of repositories storage no longer has is dropped.
+func (r *Registry) Rebuild(ctx context.Context) (RebuildStats, error) {
+	var st RebuildStats
+	seen := map[string]bool{}
+	err := r.store.Repos(ctx, func(repo string) error {
+		st.Repos++
+		seen[repo] = true
+		rebuilt, err := r.RebuildRepo(ctx, repo)
+		if err != nil {
+			return err
+		}
+		if rebuilt {
+			st.Rebuilt++
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	known, err := r.meta.Repos(ctx, "", -1)
+	if err != nil {
+		return st, fmt.Errorf("list metadata repositories: %w", err)
+	}
+	for _, repo := range known {
+		if !seen[repo] {
+			if err := r.meta.DeleteRepo(ctx, repo); err != nil {
+				return st, fmt.Errorf("drop metadata of %s: %w", repo, err)
+			}
+			st.Dropped++
+		}
+	}
+	return st, nil
+}
+
+// RebuildRepo re-derives repo's metadata from storage when it is stale and
+// reports whether it did.
+func (r *Registry) RebuildRepo(ctx context.Context, repo string) (bool, error) {
+	unlock := r.locks.lock(ctx, repo)
+	defer unlock()
+	idx, ver, err := r.readIndex(ctx, repo)
+	if err != nil {
+		return false, err
+	}
+	have, err := r.meta.Version(ctx, repo)
+	if err != nil && !errors.Is(err, meta.ErrNotFound) {
+		return false, fmt.Errorf("metadata version of %s: %w", repo, err)
+	}
+	if have == ver && err == nil {
+		return false, nil
+	}
+	rec := meta.Repo{Name: repo, Version: ver, Tags: map[string]string{}}
+	done := map[digest.Digest]bool{}
+	for _, d := range idx.Manifests {
+		if t := tagOf(d); t != "" {
+			rec.Tags[t] = d.Digest.String()
+		}
+		if done[d.Digest] {
+			continue
+		}
+		done[d.Digest] = true
+		m, err := r.deriveManifest(ctx, repo, d.MediaType, d.Digest)
+		if err != nil {
+			r.log.Warn().Err(err).Str("repo", repo).Str("digest", d.Digest.String()).Msg("skipping unreadable manifest during rebuild")
+			continue
+		}
+		rec.Manifests = append(rec.Manifests, m)
+	}
+	if err := r.meta.ReplaceRepo(ctx, rec); err != nil {
+		return false, fmt.Errorf("replace metadata of %s: %w", repo, err)
+	}
+	r.log.Info().Str("repo", repo).Int("manifests", len(rec.Manifests)).Int("tags", len(rec.Tags)).Msg("rebuilt repository metadata")
+	return true, nil
+}
+
+// deriveManifest reads and parses a stored manifest into its record.
+func (r *Registry) deriveManifest(ctx context.Context, repo, mediaType string, dgst digest.Digest) (meta.Manifest, error) {
+	body, err := r.ManifestBody(ctx, repo, meta.Manifest{Digest: dgst.String()})
+	if err != nil {
+		return meta.Manifest{}, err
+	}
+	if mediaType == "" {
+		var probe struct {
+			MediaType string `json:"mediaType"`
+		}
+		_ = json.Unmarshal(body, &probe)
+		mediaType = probe.MediaType
+	}
+	p, err := parseManifest(mediaType, body)
+	if err != nil {
+		return meta.Manifest{}, err
+	}
+	return meta.Manifest{
+		Digest: dgst.String(), MediaType: p.mediaType, Size: int64(len(body)),
+		ArtifactType: p.artifactType, Subject: p.subject.String(), Annotations: p.annotations,
+	}, nil
+}
+
+// FindBlob returns a repository other than exclude that holds dgst, for
+// mounts that name no source repository.
+func (r *Registry) FindBlob(ctx context.Context, dgst digest.Digest, exclude string) (string, error) {
+	if bl, ok := r.meta.(meta.BlobLocator); ok {
+		repos, err := bl.BlobRepos(ctx, dgst.String(), 16)
+		if err != nil {
+			return "", err
+		}
+		for _, repo := range repos {
+			if repo == exclude {
+				continue
+			}
+			if _, err := r.store.Stat(ctx, repo, dgst); err == nil {
+				return repo, nil
+			}
+		}
+	}
+	var found string
+	stop := errors.New("found")
+	err := r.store.Repos(ctx, func(repo string) error {
+		if repo == exclude {
+			return nil
+		}
+		if _, err := r.store.Stat(ctx, repo, dgst); err == nil {
+			found = repo
+			return stop
+		}
+		return nil
+	})
+	if found != "" {
+		return found, nil
+	}
+	if err != nil && !errors.Is(err, stop) {
+		return "", err
+	}
+	return "", storage.ErrBlobUnknown
+}
+
+// NoteBlob remembers that repo holds dgst when the metadata store keeps a
+// blob index (a hint for mounts without a source repository).
+func (r *Registry) NoteBlob(ctx context.Context, repo string, dgst digest.Digest) {
+	if bl, ok := r.meta.(meta.BlobLocator); ok {
+		if err := bl.AddBlob(ctx, repo, dgst.String()); err != nil {
+			r.log.Warn().Err(err).Str("repo", repo).Str("digest", dgst.String()).Msg("failed to record blob location")
+		}
+	}
+}
