@@ -271,11 +271,7 @@ func (c *CacheDriverConfig) check(p *problems) {
 // checkHTTPURL records a problem unless raw is an absolute http(s) URL.
 func checkHTTPURL(p *problems, field, raw string) {
 	u, err := url.Parse(raw)
-	if err != nil {
-		p.add(field, "invalid URL: %v", err)
-		return
-	}
-	if s := strings.ToLower(u.Scheme); (s != "http" && s != "https") || u.Host == "" {
+	if err != nil || (!strings.EqualFold(u.Scheme, "http") && !strings.EqualFold(u.Scheme, "https")) || u.Host == "" {
 		p.add(field, "must be an http:// or https:// URL with a host, got %q", raw)
 	}
 }

@@ -31,7 +31,14 @@ var (
 	ErrIndexConflict   = errors.New("index changed concurrently")
 	ErrUnsupportedAlgo = errors.New("unsupported digest algorithm")
 	ErrUploadBusy      = errors.New("upload in use by another request")
+	ErrNameInvalid     = errors.New("invalid repository name")
 )
+
+// UploadLister is an optional Driver capability used by garbage collection:
+// it enumerates upload sessions so abandoned ones can be removed.
+type UploadLister interface {
+	Uploads(ctx context.Context, fn func(repo, id string, startedAt time.Time) error) error
+}
 
 // BlobInfo describes a stored blob.
 type BlobInfo struct {
@@ -82,7 +89,7 @@ type Driver interface {
 }
 
 // Upload is an upload session. Bytes are appended; the running size is
-// durable once Write returns (a crash loses at most the write in progress).
+// durable once Append returns (a crash loses at most the append in progress).
 type Upload interface {
 	ID() string
 	// Size is the number of bytes received so far.
@@ -94,7 +101,8 @@ type Upload interface {
 	Append(ctx context.Context, r io.Reader) (int64, error)
 	// Commit verifies the content against dgst (ErrDigestMismatch) and makes
 	// it visible as the blob dgst of the session's repository. The session
-	// ends on success and on digest mismatch.
+	// ends on success and on digest mismatch; it continues when the
+	// algorithm is unsupported (ErrUnsupportedAlgo).
 	Commit(ctx context.Context, dgst digest.Digest) (BlobInfo, error)
 	// Cancel discards the session.
 	Cancel(ctx context.Context) error

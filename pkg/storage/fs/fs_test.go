@@ -70,6 +70,12 @@ func TestLayout(t *testing.T) {
 		t.Fatalf("blob file holds %q", got)
 	}
 
+	for _, name := range []string{"oci-layout", "index.json", "blobs/sha256/" + dgst.Encoded()} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Fatalf("%s: mode %v, %v; want 0644", name, fi.Mode(), err)
+		}
+	}
+
 	// Mount creates the layout but no index.json; so do uploads.
 	if err := d.Mount(ctx, "a/b", "m", dgst); err != nil {
 		t.Fatal(err)
