@@ -1,0 +1,128 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+// exampleFiles returns the absolute paths of the files in examples/config.
+func exampleFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob("../../examples/config/*")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example files found: %v", err)
+	}
+	for i, f := range files {
+		if files[i], err = filepath.Abs(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return files
+}
+
+// TestExamples loads every example file: none may fail or warn. The TLS
+// paths in the examples are relative, so the test runs in a directory
+// where they exist.
+func TestExamples(t *testing.T) {
+	files := exampleFiles(t)
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "tls"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"server.crt", "server.key", "client.crt", "client.key", "ca.crt"} {
+		if err := os.WriteFile(filepath.Join(dir, "tls", name), []byte("placeholder"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(dir)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			c, warns, err := Load(f)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if len(warns) != 0 {
+				t.Errorf("Load warnings: %q", warns)
+			}
+			if c == nil {
+				t.Fatal("Load returned a nil config")
+			}
+		})
+	}
+}
+
+// TestExamplesCoverEveryKey checks that every key of the schema is set in
+// at least one example file.
+func TestExamplesCoverEveryKey(t *testing.T) {
+	t.Parallel()
+	want := map[string]bool{}
+	schemaPaths(reflect.TypeFor[Config](), "", want)
+	seen := map[string]bool{}
+	for _, f := range exampleFiles(t) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := yaml.YAMLToJSON(data) // JSON is YAML too
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		raw, err := decodeRaw(j)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		documentPaths(raw, "", seen)
+	}
+	var missing []string
+	for p := range want {
+		if !seen[p] {
+			missing = append(missing, p)
+		}
+	}
+	slices.Sort(missing)
+	if len(missing) > 0 {
+		t.Errorf("keys no example sets:\n  %s", strings.Join(missing, "\n  "))
+	}
+}
+
+// schemaPaths records the path of every JSON key of struct type t, with
+// "[]" for list elements.
+func schemaPaths(t reflect.Type, prefix string, out map[string]bool) {
+	for _, f := range jsonFields(t) {
+		p := join(prefix, f.name)
+		out[p] = true
+		ft := f.typ
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case ft == durationType:
+		case ft.Kind() == reflect.Struct:
+			schemaPaths(ft, p, out)
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+			schemaPaths(ft.Elem(), p+"[]", out)
+		}
+	}
+}
+
+// documentPaths records the path of every key of a decoded document.
+func documentPaths(v any, prefix string, out map[string]bool) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, child := range x {
+			p := join(prefix, k)
+			out[p] = true
+			documentPaths(child, p, out)
+		}
+	case []any:
+		for _, el := range x {
+			documentPaths(el, prefix+"[]", out)
+		}
+	}
+}
