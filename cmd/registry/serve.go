@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/api"
+	"github.com/berthreg/berth/pkg/cluster"
 	"github.com/berthreg/berth/pkg/config"
 	"github.com/berthreg/berth/pkg/meta/bolt"
 	"github.com/berthreg/berth/pkg/registry"
@@ -56,7 +57,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, cfg, log)
+	return serve(ctx, cfg, fl.Arg(0), log)
 }
 
 // newLogger builds the root logger from the log section.
@@ -77,8 +78,9 @@ func newLogger(lc config.LogConfig, stderr io.Writer) (zerolog.Logger, func(), e
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closeFn, nil
 }
 
-// serve runs the registry until ctx ends.
-func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+// serve runs the registry until ctx ends. path is the configuration file
+// ("" for defaults), reread for cluster membership changes.
+func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Logger) error {
 	if n := cfg.Storage.DriverName(); n != config.DriverFilesystem {
 		return fmt.Errorf("storage.storageDriver.name: %q is not supported by this build yet", n)
 	}
@@ -104,8 +106,18 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	defer md.Close()
 
 	reg := registry.New(store, md, log.With().Str("component", "registry").Logger())
+	var router *cluster.Router
+	var mine func(string) bool
+	if cfg.Cluster != nil {
+		if router, err = newRouter(ctx, cfg.Cluster, cfg.ListenAddr(), log); err != nil {
+			return err
+		}
+		log = log.With().Str("member", router.Self()).Logger()
+		mine = router.Owns
+		log.Info().Strs("members", cfg.Cluster.Members).Msg("cluster member")
+	}
 	start := time.Now()
-	st, err := reg.Rebuild(ctx)
+	st, err := reg.Rebuild(ctx, mine)
 	if err != nil {
 		return fmt.Errorf("rebuild metadata: %w", err)
 	}
@@ -121,7 +133,18 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	if cfg.Extensions != nil && cfg.Extensions.Metrics != nil && cfg.Extensions.Metrics.Prometheus != nil {
 		metricsPath = cfg.Extensions.Metrics.Prometheus.Path
 	}
-	srv := api.New(reg, api.Options{Log: log, Metrics: promReg, MetricsPath: metricsPath})
+	opts := api.Options{Log: log, Metrics: promReg, MetricsPath: metricsPath}
+	if router != nil {
+		opts.Cluster = router
+		router.Start(ctx)
+		if path != "" {
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go watchMembers(ctx, path, router, reg, hup, log)
+		}
+	}
+	srv := api.New(reg, opts)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr())
 	if err != nil {

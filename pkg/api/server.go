@@ -29,6 +29,17 @@ type Options struct {
 	Metrics *prometheus.Registry
 	// MetricsPath is where metrics are served (default /metrics).
 	MetricsPath string
+	// Cluster, when set, forwards repository requests this member does not
+	// own. Nil: a single node serves everything.
+	Cluster Forwarder
+}
+
+// Forwarder is the cluster router as the HTTP layer sees it.
+type Forwarder interface {
+	// Forward handles the request for repo when another member should serve
+	// it (by forwarding or answering an error) and returns true; false means
+	// serve it here. local serves the request on this member.
+	Forward(w http.ResponseWriter, r *http.Request, repo string, local http.Handler) bool
 }
 
 // Server is the HTTP handler of the registry.
@@ -74,6 +85,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := requestID(r)
 	w.Header().Set("X-Request-Id", id)
+	r.Header.Set("X-Request-Id", id) // kept when the request is forwarded
 	rt := parseRoute(r.URL.Path)
 	lg := s.opts.Log.With().Str("req_id", id).Str("method", r.Method).Str("path", r.URL.Path)
 	if rt.Repo != "" {
@@ -82,8 +94,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.opts.Member != "" {
 		lg = lg.Str("member", s.opts.Member)
 	}
-	logger := lg.Logger()
-	r = r.WithContext(logger.WithContext(r.Context()))
+	base := lg.Logger()
+	r = r.WithContext(base.WithContext(r.Context()))
+	logger := zerolog.Ctx(r.Context()) // the cluster router may add the owner
 	cw := &countingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	r.Body = body
@@ -125,6 +138,17 @@ func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, newError(errcode.ErrorCodeNameInvalid, fmt.Sprintf("invalid repository name %q", rt.Repo)))
 		return
 	}
+	if s.opts.Cluster != nil && rt.Repo != "" {
+		local := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRoute(w, r, rt) })
+		if s.opts.Cluster.Forward(w, r, rt.Repo, local) {
+			return
+		}
+	}
+	s.serveRoute(w, r, rt)
+}
+
+// serveRoute runs the handler of a parsed route on this member.
+func (s *Server) serveRoute(w http.ResponseWriter, r *http.Request, rt route) {
 	var err error
 	switch rt.Kind {
 	case kindBase:

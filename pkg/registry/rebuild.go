@@ -20,12 +20,21 @@ type RebuildStats struct {
 // Rebuild brings metadata in line with storage: a repository whose metadata
 // is missing or derived from another index.json version is re-derived from
 // storage, and metadata of repositories storage no longer has is dropped.
-func (r *Registry) Rebuild(ctx context.Context) (RebuildStats, error) {
+//
+// mine limits the work to the repositories this process is responsible for
+// (in a cluster, the ones it owns); nil means all.
+func (r *Registry) Rebuild(ctx context.Context, mine func(repo string) bool) (RebuildStats, error) {
 	var st RebuildStats
 	seen := map[string]bool{}
+	if mine == nil {
+		mine = func(string) bool { return true }
+	}
 	err := r.store.Repos(ctx, func(repo string) error {
-		st.Repos++
 		seen[repo] = true
+		if !mine(repo) {
+			return nil
+		}
+		st.Repos++
 		rebuilt, err := r.RebuildRepo(ctx, repo)
 		if err != nil {
 			return err
@@ -43,7 +52,7 @@ func (r *Registry) Rebuild(ctx context.Context) (RebuildStats, error) {
 		return st, fmt.Errorf("list metadata repositories: %w", err)
 	}
 	for _, repo := range known {
-		if !seen[repo] {
+		if !seen[repo] && mine(repo) {
 			if err := r.meta.DeleteRepo(ctx, repo); err != nil {
 				return st, fmt.Errorf("drop metadata of %s: %w", repo, err)
 			}

@@ -1,0 +1,314 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Options configures a Router.
+type Options struct {
+	// Members is every member's host:port, identical on all members.
+	Members []string
+	// HashKey is the 16-byte SipHash key.
+	HashKey []byte
+	// Self is this process's entry in Members (see FindSelf).
+	Self string
+	// TLS is the client TLS configuration towards peers; nil means plain HTTP.
+	TLS *tls.Config
+	// Log receives cluster events.
+	Log zerolog.Logger
+	// HealthInterval is how often peers are checked (default 1s).
+	HealthInterval time.Duration
+	// Transport, when set, replaces the pooled transport towards a member
+	// (tests use it to drop or delay traffic).
+	Transport func(member string) http.RoundTripper
+}
+
+// Router decides, per repository, whether this member serves a request or
+// forwards it, streaming, to the owner.
+type Router struct {
+	opts   Options
+	view   atomic.Pointer[view]
+	signer *hopSigner
+	health *health
+	pool   *bufferPool
+	mu     sync.Mutex // serialises Update
+}
+
+// view is one membership: the ring and a reverse proxy per peer.
+type view struct {
+	ring    *Ring
+	proxies map[string]*httputil.ReverseProxy
+}
+
+type ctxKey int
+
+const (
+	keyRepo ctxKey = iota
+	keyFailover
+	keyAttempt
+)
+
+// New returns a Router. Call Start to begin health checks.
+func New(opts Options) (*Router, error) {
+	if opts.HealthInterval <= 0 {
+		opts.HealthInterval = time.Second
+	}
+	rt := &Router{
+		opts:   opts,
+		signer: newHopSigner(opts.HashKey),
+		health: newHealth(opts.Log),
+		pool:   &bufferPool{},
+	}
+	if err := rt.Update(opts.Members); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// Start runs peer health checks until ctx ends.
+func (rt *Router) Start(ctx context.Context) {
+	client := &http.Client{Transport: rt.transport("health"), Timeout: rt.opts.HealthInterval}
+	go rt.health.run(ctx, rt.opts.HealthInterval, rt.peers, client, rt.baseURL)
+}
+
+// Update switches to a new member list (SIGHUP), keeping peer health.
+func (rt *Router) Update(members []string) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	ring, err := NewRing(members, rt.opts.HashKey)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, m := range members {
+		found = found || m == rt.opts.Self
+	}
+	if !found {
+		return fmt.Errorf("cluster: this member %s is not in the new member list", rt.opts.Self)
+	}
+	v := &view{ring: ring, proxies: map[string]*httputil.ReverseProxy{}}
+	old := rt.view.Load()
+	for _, m := range members {
+		if m == rt.opts.Self {
+			continue
+		}
+		if old != nil && old.proxies[m] != nil {
+			v.proxies[m] = old.proxies[m]
+		} else {
+			v.proxies[m] = rt.newProxy(m)
+		}
+	}
+	rt.view.Store(v)
+	return nil
+}
+
+// Ring returns the current ring.
+func (rt *Router) Ring() *Ring { return rt.view.Load().ring }
+
+// Self returns this member's address.
+func (rt *Router) Self() string { return rt.opts.Self }
+
+// Owner returns the member that should serve repo now: the first member of
+// its ranking that is up (this member counts as up).
+func (rt *Router) Owner(repo string) string {
+	for _, m := range rt.Ring().Rank(repo) {
+		if m == rt.opts.Self || rt.health.up(m) {
+			return m
+		}
+	}
+	return rt.opts.Self
+}
+
+// Owns reports whether this member serves repo now (sync and GC use it).
+func (rt *Router) Owns(repo string) bool { return rt.Owner(repo) == rt.opts.Self }
+
+func (rt *Router) peers() []string {
+	var ps []string
+	for _, m := range rt.Ring().Members() {
+		if m != rt.opts.Self {
+			ps = append(ps, m)
+		}
+	}
+	return ps
+}
+
+func (rt *Router) baseURL(member string) string {
+	if rt.opts.TLS != nil {
+		return "https://" + member
+	}
+	return "http://" + member
+}
+
+// transport is the pooled connection to one member: keep-alive, no overall
+// timeout (long transfers must not be cut), idle connections expire.
+func (rt *Router) transport(member string) http.RoundTripper {
+	if rt.opts.Transport != nil {
+		return rt.opts.Transport(member)
+	}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       rt.opts.TLS,
+		ForceAttemptHTTP2:     false,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+	}
+}
+
+// Forward serves the cluster's part of a request for repo. It returns false
+// when this member should handle the request itself, true when the request
+// was forwarded or answered. local is the member's own handler, used when a
+// forward finds its target unreachable and this member is next in line.
+func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, local http.Handler) bool {
+	if local != nil {
+		r = r.WithContext(context.WithValue(r.Context(), localKey{}, local))
+	}
+	log := zerolog.Ctx(r.Context())
+	if v := r.Header.Get(HopHeader); v != "" {
+		h, err := rt.signer.verify(r.Method, r.URL.RequestURI(), v)
+		r.Header.Del(HopHeader)
+		if err != nil {
+			log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("rejected forwarded request")
+			writeError(w, r, http.StatusForbidden, "DENIED", "invalid cluster hop header", 0)
+			return true
+		}
+		owner := rt.Ring().Owner(repo)
+		if owner == rt.opts.Self || h.Failover {
+			return false
+		}
+		log.Warn().Str("from", h.From).Str("owner", owner).Msg("forwarded request for a repository this member does not own")
+		writeError(w, r, http.StatusMisdirectedRequest, "UNAVAILABLE",
+			fmt.Sprintf("member %s does not own repository %s; its owner is %s", rt.opts.Self, repo, owner), 1)
+		return true
+	}
+	v := rt.view.Load()
+	for i, m := range v.ring.Rank(repo) {
+		if m == rt.opts.Self {
+			if i > 0 {
+				log.Debug().Str("owner", v.ring.Owner(repo)).Msg("serving as failover for an unreachable owner")
+			}
+			return false
+		}
+		if !rt.health.up(m) {
+			continue
+		}
+		ctx := context.WithValue(r.Context(), keyRepo, repo)
+		ctx = context.WithValue(ctx, keyFailover, i > 0)
+		if log.GetLevel() != zerolog.Disabled {
+			log.UpdateContext(func(c zerolog.Context) zerolog.Context { return c.Str("owner", m) })
+		}
+		v.proxies[m].ServeHTTP(w, r.WithContext(ctx))
+		return true
+	}
+	writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "no cluster member can serve repository "+repo, 1)
+	return true
+}
+
+func (rt *Router) newProxy(member string) *httputil.ReverseProxy {
+	target := &url.URL{Scheme: "http", Host: member}
+	if rt.opts.TLS != nil {
+		target.Scheme = "https"
+	}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+			fo, _ := pr.In.Context().Value(keyFailover).(bool)
+			pr.Out.Header.Set(HopHeader, rt.signer.sign(pr.Out.Method, pr.Out.URL.RequestURI(), rt.opts.Self, fo))
+		},
+		Transport:     rt.transport(member),
+		FlushInterval: -1,
+		BufferPool:    rt.pool,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			rt.proxyError(w, r, member, err)
+		},
+	}
+}
+
+// proxyError handles a failed forward: an unreachable owner is marked down
+// and a request without a body is retried on the next member; anything
+// else is answered 503 with Retry-After.
+func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, member string, err error) {
+	log := zerolog.Ctx(r.Context())
+	if r.Context().Err() != nil {
+		log.Debug().Err(err).Msg("client went away during a forwarded request")
+		return
+	}
+	log.Warn().Err(err).Str("peer", member).Msg("failed to forward request")
+	if unreachable(err) {
+		rt.health.markDown(member)
+		attempt, _ := r.Context().Value(keyAttempt).(int)
+		noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+		if repo, ok := r.Context().Value(keyRepo).(string); ok && noBody && attempt < len(rt.Ring().Members()) {
+			ctx := context.WithValue(r.Context(), keyAttempt, attempt+1)
+			r = r.WithContext(ctx)
+			if !rt.Forward(w, r, repo, nil) {
+				// This member is next in line: hand back to the local handler.
+				if h, ok := r.Context().Value(localKey{}).(http.Handler); ok {
+					h.ServeHTTP(w, r)
+					return
+				}
+			} else {
+				return
+			}
+		}
+	}
+	writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the member that owns this repository is unreachable", 1)
+}
+
+// localKey carries the local handler for proxyError's fallback.
+type localKey struct{}
+
+// unreachable reports errors that mean the peer did not get the request.
+func unreachable(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH)
+}
+
+// writeError answers with the OCI error body.
+func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg string, retryAfter int) {
+	body, _ := json.Marshal(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", fmt.Sprint(len(body)))
+	if retryAfter > 0 {
+		h.Set("Retry-After", fmt.Sprint(retryAfter))
+	}
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+// bufferPool reuses 32 KiB copy buffers for the proxies.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v := b.p.Get(); v != nil {
+		return *(v.(*[]byte))
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(p []byte) { b.p.Put(&p) }
