@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -63,8 +64,6 @@ func New(reg *registry.Registry, opts Options) *Server {
 	if opts.Metrics != nil {
 		s.mux.Handle(opts.MetricsPath, s.metrics.handler())
 	}
-	s.mux.HandleFunc("/v2/", s.v2)
-	s.mux.HandleFunc("/v2", s.v2)
 	return s
 }
 
@@ -123,6 +122,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Int("status", status).Int64("bytes_in", body.n).Int64("bytes_out", cw.n).
 			Dur("dur", dur).Msg("request")
 	}()
+	// API paths bypass ServeMux, which would redirect unclean paths such as
+	// /v2/a//b to cleaned ones instead of rejecting the name.
+	if r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/") {
+		s.v2(cw, r)
+		return
+	}
 	s.mux.ServeHTTP(cw, r)
 }
 

@@ -1,0 +1,358 @@
+// Package e2e runs the real registry binary against real clients (crane,
+// skopeo, oras, regctl, the OCI conformance tool) and raw HTTP.
+//
+// Tools come from <repo>/.tools/bin (installed by scripts/tools.sh) or PATH.
+// Nothing here touches the network beyond 127.0.0.1.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	repoRoot    string // module root (holds go.mod)
+	registryBin string // the binary under test, built once by TestMain
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(mainWithBuild(m))
+}
+
+func mainWithBuild(m *testing.M) int {
+	wd, err := os.Getwd()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			repoRoot = dir
+			break
+		}
+		if dir == filepath.Dir(dir) {
+			fmt.Fprintln(os.Stderr, "e2e: no go.mod above", wd)
+			return 1
+		}
+	}
+	binDir, err := os.MkdirTemp("", "berth-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(binDir)
+	registryBin = filepath.Join(binDir, "registry")
+	build := exec.Command("go", "build", "-o", registryBin, "./cmd/registry")
+	build.Dir = repoRoot
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/registry failed: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// regOpts tunes startRegistry.
+type regOpts struct {
+	// Extra top-level config keys merged into the generated config
+	// (e.g. "extensions").
+	Extra map[string]any
+}
+
+// reg is one running registry process with its own storage root.
+type reg struct {
+	t       *testing.T
+	Dir     string // temp dir holding config, logs, data
+	Root    string // storage.rootDirectory
+	LogPath string // JSON log file
+	Port    int
+	Host    string // 127.0.0.1:PORT
+	URL     string // http://127.0.0.1:PORT
+	cfgPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startRegistry starts the registry on a free loopback port with a fresh
+// storage root; it is killed when the test ends.
+func startRegistry(t *testing.T, opts regOpts) *reg {
+	t.Helper()
+	dir := t.TempDir()
+	r := &reg{t: t, Dir: dir, Root: filepath.Join(dir, "data"), LogPath: filepath.Join(dir, "registry.log")}
+	r.Port = freePort(t)
+	r.Host = fmt.Sprintf("127.0.0.1:%d", r.Port)
+	r.URL = "http://" + r.Host
+	cfg := map[string]any{
+		"http":    map[string]any{"address": "127.0.0.1", "port": fmt.Sprint(r.Port)},
+		"storage": map[string]any{"rootDirectory": r.Root},
+		"log":     map[string]any{"level": "debug", "output": r.LogPath},
+	}
+	for k, v := range opts.Extra {
+		cfg[k] = v
+	}
+	js, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cfgPath = filepath.Join(dir, "config.json")
+	if err := os.WriteFile(r.cfgPath, js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.stop()
+		if t.Failed() {
+			t.Logf("registry log tail (%s):\n%s", r.LogPath, tailFile(r.LogPath, 30))
+		}
+	})
+	r.start()
+	return r
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func (r *reg) start() {
+	r.t.Helper()
+	stderr, err := os.OpenFile(filepath.Join(r.Dir, "stderr.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	cmd := exec.Command(registryBin, "serve", r.cfgPath)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		stderr.Close()
+		r.t.Fatalf("start registry: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); stderr.Close(); close(done) }()
+	r.mu.Lock()
+	r.cmd, r.done = cmd, done
+	r.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		select {
+		case <-done:
+			r.t.Fatalf("registry exited during startup: %s\nstderr:\n%s\nlog:\n%s", cmd.ProcessState,
+				tailFile(filepath.Join(r.Dir, "stderr.log"), 30), tailFile(r.LogPath, 30))
+		default:
+		}
+		resp, err := client.Get(r.URL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("registry not ready on %s after 30s (last: %v)\nlog:\n%s", r.URL, err, tailFile(r.LogPath, 30))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill9 sends SIGKILL and waits for the process to be gone. Safe to call
+// from any goroutine.
+func (r *reg) Kill9() {
+	r.mu.Lock()
+	cmd, done := r.cmd, r.done
+	r.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// Restart kills the process if it still runs, then starts it again on the
+// same port and storage root, and waits for /readyz.
+func (r *reg) Restart() {
+	r.t.Helper()
+	r.Kill9()
+	r.start()
+}
+
+func (r *reg) stop() {
+	r.mu.Lock()
+	cmd, done := r.cmd, r.done
+	r.cmd = nil
+	r.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// tool returns the path of a client binary: <repo>/.tools/bin/NAME, then
+// PATH. A missing tool fails the test: the suite never skips.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(repoRoot, ".tools", "bin", name)
+	if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+		return p
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	t.Fatalf("tool %q not found in %s/.tools/bin or PATH: run scripts/tools.sh", name, repoRoot)
+	return ""
+}
+
+// clientEnv is the environment for client tools: an isolated HOME and
+// config dirs per test, so nothing depends on the user's machine.
+var envCache sync.Map // *testing.T -> []string
+
+func clientEnv(t *testing.T) []string {
+	if v, ok := envCache.Load(t); ok {
+		return v.([]string)
+	}
+	home := t.TempDir()
+	for _, d := range []string{"docker", "xdg-config", "xdg-runtime", "regctl", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(home, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	regConf := filepath.Join(home, "registries.conf")
+	if err := os.WriteFile(regConf, []byte("unqualified-search-registries = []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case k == "HOME", k == "DOCKER_CONFIG", k == "REGCTL_CONFIG", k == "REGISTRY_AUTH_FILE",
+			k == "CONTAINERS_REGISTRIES_CONF", k == "TMPDIR", strings.HasPrefix(k, "XDG_"),
+			strings.HasPrefix(k, "OCI_"), strings.HasSuffix(k, "_PROXY"), strings.HasSuffix(k, "_proxy"):
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env,
+		"HOME="+home,
+		"DOCKER_CONFIG="+filepath.Join(home, "docker"),
+		"XDG_CONFIG_HOME="+filepath.Join(home, "xdg-config"),
+		"XDG_RUNTIME_DIR="+filepath.Join(home, "xdg-runtime"),
+		"REGCTL_CONFIG="+filepath.Join(home, "regctl", "config.json"),
+		"REGISTRY_AUTH_FILE="+filepath.Join(home, "auth.json"),
+		"CONTAINERS_REGISTRIES_CONF="+regConf,
+		"TMPDIR="+filepath.Join(home, "tmp"),
+		"NO_PROXY=*",
+	)
+	if err := os.WriteFile(filepath.Join(home, "auth.json"), []byte(`{"auths":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	envCache.Store(t, env)
+	t.Cleanup(func() { envCache.Delete(t) })
+	return env
+}
+
+// cmdResult is the outcome of one command.
+type cmdResult struct {
+	Stdout   string
+	Combined string
+	Err      error
+}
+
+// execCmd runs args in dir with env and a timeout; it never fails a test,
+// so it is safe in goroutines.
+func execCmd(ctx context.Context, env []string, dir string, timeout time.Duration, args ...string) cmdResult {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env, cmd.Dir = env, dir
+	var stdout, combined bytes.Buffer
+	cmd.Stdout = multiWriter{&stdout, &combined}
+	cmd.Stderr = &combined
+	err := cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		err = fmt.Errorf("timed out after %s: %w", timeout, err)
+	}
+	return cmdResult{Stdout: stdout.String(), Combined: combined.String(), Err: err}
+}
+
+type multiWriter struct{ a, b *bytes.Buffer }
+
+func (m multiWriter) Write(p []byte) (int, error) { m.a.Write(p); return m.b.Write(p) }
+
+const cmdTimeout = 3 * time.Minute
+
+// run runs a command with the test's isolated client environment and
+// returns its combined output; a non-zero exit fails the test with it.
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	return runIn(t, "", args...).Combined
+}
+
+// runStdout is run returning only standard output (for parsing).
+func runStdout(t *testing.T, args ...string) string {
+	t.Helper()
+	return runIn(t, "", args...).Stdout
+}
+
+// runIn runs a command in dir.
+func runIn(t *testing.T, dir string, args ...string) cmdResult {
+	t.Helper()
+	res := execCmd(context.Background(), clientEnv(t), dir, cmdTimeout, args...)
+	if res.Err != nil {
+		t.Fatalf("command failed: %s\nerror: %v\noutput:\n%s", strings.Join(args, " "), res.Err, res.Combined)
+	}
+	return res
+}
+
+// runFail runs a command that must fail, returning its output.
+func runFail(t *testing.T, args ...string) string {
+	t.Helper()
+	res := execCmd(context.Background(), clientEnv(t), "", cmdTimeout, args...)
+	if res.Err == nil {
+		t.Fatalf("command succeeded but should have failed: %s\noutput:\n%s", strings.Join(args, " "), res.Combined)
+	}
+	return res.Combined
+}
+
+// lines splits output into its non-empty trimmed lines.
+func lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
