@@ -51,17 +51,19 @@ func newHopSigner(hashKey []byte) *hopSigner {
 	return &hopSigner{key: k[:], now: time.Now, cur: map[string]struct{}{}, prev: map[string]struct{}{}}
 }
 
-func (s *hopSigner) mac(method, uri, ts, nonce, from, fo string) string {
+func (s *hopSigner) mac(method, uri, ts, nonce, from, to, fo string) string {
 	h := hmac.New(sha256.New, s.key)
-	for _, p := range []string{method, uri, ts, nonce, from, fo} {
+	for _, p := range []string{method, uri, ts, nonce, from, to, fo} {
 		h.Write([]byte(p))
 		h.Write([]byte{'\n'})
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// sign returns the header value for a request forwarded by from.
-func (s *hopSigner) sign(method, uri, from string, failover bool) string {
+// sign returns the header value for a request forwarded by from to to.
+// Binding the destination stops a captured header being replayed to
+// another member.
+func (s *hopSigner) sign(method, uri, from, to string, failover bool) string {
 	var nb [12]byte
 	_, _ = rand.Read(nb[:])
 	nonce := hex.EncodeToString(nb[:])
@@ -70,11 +72,12 @@ func (s *hopSigner) sign(method, uri, from string, failover bool) string {
 	if failover {
 		fo = "1"
 	}
-	return fmt.Sprintf("v1 ts=%s nonce=%s from=%s fo=%s sig=%s", ts, nonce, from, fo, s.mac(method, uri, ts, nonce, from, fo))
+	return fmt.Sprintf("v1 ts=%s nonce=%s from=%s fo=%s sig=%s", ts, nonce, from, fo, s.mac(method, uri, ts, nonce, from, to, fo))
 }
 
-// verify checks a header value for method and uri and remembers its nonce.
-func (s *hopSigner) verify(method, uri, value string) (hop, error) {
+// verify checks a header value for method and uri received by member self
+// and remembers its nonce.
+func (s *hopSigner) verify(method, uri, self, value string) (hop, error) {
 	f := map[string]string{}
 	parts := strings.Fields(value)
 	if len(parts) != 6 || parts[0] != "v1" {
@@ -87,7 +90,7 @@ func (s *hopSigner) verify(method, uri, value string) (hop, error) {
 		}
 		f[k] = v
 	}
-	want := s.mac(method, uri, f["ts"], f["nonce"], f["from"], f["fo"])
+	want := s.mac(method, uri, f["ts"], f["nonce"], f["from"], self, f["fo"])
 	if !hmac.Equal([]byte(want), []byte(f["sig"])) {
 		return hop{}, fmt.Errorf("%w: bad signature", ErrHopInvalid)
 	}

@@ -60,6 +60,7 @@ const (
 	keyRepo ctxKey = iota
 	keyFailover
 	keyAttempt
+	keyIncoming
 )
 
 // New returns a Router. Call Start to begin health checks.
@@ -180,9 +181,14 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 	if local != nil {
 		r = r.WithContext(context.WithValue(r.Context(), localKey{}, local))
 	}
+	if r.Context().Value(keyIncoming) == nil {
+		// ReverseProxy hands its error handler the outgoing request; keep
+		// the client's request for retries and the local fallback.
+		r = r.WithContext(context.WithValue(r.Context(), keyIncoming, r))
+	}
 	log := zerolog.Ctx(r.Context())
 	if v := r.Header.Get(HopHeader); v != "" {
-		h, err := rt.signer.verify(r.Method, r.URL.RequestURI(), v)
+		h, err := rt.signer.verify(r.Method, r.URL.RequestURI(), rt.opts.Self, v)
 		r.Header.Del(HopHeader)
 		if err != nil {
 			log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("rejected forwarded request")
@@ -211,7 +217,7 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 		}
 		ctx := context.WithValue(r.Context(), keyRepo, repo)
 		ctx = context.WithValue(ctx, keyFailover, i > 0)
-		if log.GetLevel() != zerolog.Disabled {
+		if attempt, _ := r.Context().Value(keyAttempt).(int); attempt == 0 && log.GetLevel() != zerolog.Disabled {
 			log.UpdateContext(func(c zerolog.Context) zerolog.Context { return c.Str("owner", m) })
 		}
 		v.proxies[m].ServeHTTP(w, r.WithContext(ctx))
@@ -232,7 +238,7 @@ func (rt *Router) newProxy(member string) *httputil.ReverseProxy {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 			fo, _ := pr.In.Context().Value(keyFailover).(bool)
-			pr.Out.Header.Set(HopHeader, rt.signer.sign(pr.Out.Method, pr.Out.URL.RequestURI(), rt.opts.Self, fo))
+			pr.Out.Header.Set(HopHeader, rt.signer.sign(pr.Out.Method, pr.Out.URL.RequestURI(), rt.opts.Self, member, fo))
 		},
 		Transport:     rt.transport(member),
 		FlushInterval: -1,
@@ -246,7 +252,11 @@ func (rt *Router) newProxy(member string) *httputil.ReverseProxy {
 // proxyError handles a failed forward: an unreachable owner is marked down
 // and a request without a body is retried on the next member; anything
 // else is answered 503 with Retry-After.
-func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, member string, err error) {
+func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member string, err error) {
+	r := out
+	if in, ok := out.Context().Value(keyIncoming).(*http.Request); ok {
+		r = in.WithContext(out.Context())
+	}
 	log := zerolog.Ctx(r.Context())
 	if r.Context().Err() != nil {
 		log.Debug().Err(err).Msg("client went away during a forwarded request")
@@ -258,6 +268,7 @@ func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, member stri
 		attempt, _ := r.Context().Value(keyAttempt).(int)
 		noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 		if repo, ok := r.Context().Value(keyRepo).(string); ok && noBody && attempt < len(rt.Ring().Members()) {
+			log.Info().Str("peer", member).Msg("retrying on the next member")
 			ctx := context.WithValue(r.Context(), keyAttempt, attempt+1)
 			r = r.WithContext(ctx)
 			if !rt.Forward(w, r, repo, nil) {
