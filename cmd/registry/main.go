@@ -33,6 +33,9 @@ examples/config/). Exit status: 0 success, 1 failure, 2 usage error.
 // errUsage marks a command-line mistake (exit status 2).
 var errUsage = errors.New("usage error")
 
+// errFlags marks a flag the flag package rejected; it printed the reason.
+var errFlags = errors.New("invalid flags")
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -59,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, errFlags):
 		fmt.Fprintf(stderr, "registry: %v\n", err)
 		return 2
 	default:

@@ -32,7 +32,7 @@ const shutdownGrace = 30 * time.Second
 
 func cmdServe(args []string, stderr io.Writer) error {
 	fl := newFlags("serve", "serve [CONFIG]", stderr)
-	if err := fl.Parse(args); err != nil {
+	if err := parseFlags(fl, args); err != nil {
 		return err
 	}
 	if fl.NArg() > 1 {

@@ -9,7 +9,7 @@ import (
 
 func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	fl := newFlags("verify", "verify CONFIG", stderr)
-	if err := fl.Parse(args); err != nil {
+	if err := parseFlags(fl, args); err != nil {
 		return err
 	}
 	if fl.NArg() != 1 {

@@ -3,6 +3,10 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 
 	"github.com/opencontainers/go-digest"
 
@@ -44,16 +48,46 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, rt route) error
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	// ServeContent handles Range (206, 416) and If-None-Match on the ETag.
+	if err := checkRange(r.Header.Get("Range"), rd.Info().Size); err != nil {
+		return err
+	}
+	// ServeContent handles Range (206) and If-None-Match on the ETag.
 	http.ServeContent(w, r, "", rd.Info().ModTime, rd)
 	return nil
 }
 
-// deleteBlob removes a blob from the repository.
+// checkRange answers 416 with the OCI error body when no range of a
+// "bytes=" Range header overlaps a blob of size bytes (ServeContent would
+// answer in plain text).
+func checkRange(h string, size int64) error {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return nil
+	}
+	for _, part := range strings.Split(spec, ",") {
+		first, _, _ := strings.Cut(strings.TrimSpace(part), "-")
+		start, err := strconv.ParseInt(first, 10, 64)
+		if first == "" || err != nil || start < size {
+			return nil // a suffix range, malformed (ServeContent decides) or satisfiable
+		}
+	}
+	e := newError(errcode.ErrorCodeRangeInvalid, fmt.Sprintf("range %q is outside the blob's %d bytes", h, size))
+	e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
+	return e
+}
+
+// deleteBlob removes a blob from the repository. A manifest's content is
+// not a blob to delete: that goes through the manifest endpoint.
 func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) error {
 	dgst, err := parseDigest(rt.Ref)
 	if err != nil {
 		return err
+	}
+	if _, err := s.reg.Resolve(r.Context(), rt.Repo, dgst.String()); err == nil {
+		e := newError(errcode.ErrorCodeUnsupported, "digest "+dgst.String()+" is a manifest; delete it with DELETE /v2/"+rt.Repo+"/manifests/"+dgst.String())
+		e.Status = http.StatusMethodNotAllowed
+		e.Header = http.Header{"Allow": {"GET, HEAD"}}
+		return e
 	}
 	if err := s.reg.Store().Delete(r.Context(), rt.Repo, dgst); err != nil {
 		return err

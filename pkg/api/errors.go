@@ -48,6 +48,7 @@ var errorTable = []struct {
 	status int // 0: the code's own status
 }{
 	{registry.ErrNameInvalid, errcode.ErrorCodeNameInvalid, 0},
+	{storage.ErrNameInvalid, errcode.ErrorCodeNameInvalid, 0},
 	{registry.ErrTagInvalid, errcode.ErrorCodeTagInvalid, 0},
 	{registry.ErrDigestInvalid, errcode.ErrorCodeDigestInvalid, 0},
 	{storage.ErrUnsupportedAlgo, errcode.ErrorCodeDigestInvalid, 0},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -185,6 +186,12 @@ func (s *Server) methods(w http.ResponseWriter, r *http.Request, rt route, m map
 	if !ok {
 		e := newError(errcode.ErrorCodeUnsupported, "method "+r.Method+" not allowed on "+rt.Kind.String())
 		e.Status = http.StatusMethodNotAllowed
+		allowed := make([]string, 0, len(m))
+		for k := range m {
+			allowed = append(allowed, k)
+		}
+		sort.Strings(allowed)
+		e.Header = http.Header{"Allow": {strings.Join(allowed, ", ")}}
 		return e
 	}
 	return h(w, r, rt)

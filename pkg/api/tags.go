@@ -11,6 +11,9 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
+// maxPage caps n in tag and catalog listings.
+const maxPage = 10000
+
 // pagination reads n and last; n is -1 when absent.
 func pagination(r *http.Request) (int, string, error) {
 	q := r.URL.Query()
@@ -20,7 +23,7 @@ func pagination(r *http.Request) (int, string, error) {
 		if err != nil || i < 0 {
 			return 0, "", newError(errcode.ErrorCodePaginationNumberInvalid, "n must be a non-negative integer")
 		}
-		n = i
+		n = min(i, maxPage)
 	}
 	return n, q.Get("last"), nil
 }

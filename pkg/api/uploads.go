@@ -182,7 +182,8 @@ func checkContentRange(r *http.Request, repo string, up storage.Upload) error {
 	if !bad {
 		return nil
 	}
-	e := newError(errcode.ErrorCodeRangeInvalid, fmt.Sprintf("Content-Range %q does not continue the upload at offset %d", cr, up.Size()))
+	e := newError(errcode.ErrorCodeBlobUploadInvalid, fmt.Sprintf("Content-Range %q does not continue the upload at offset %d", cr, up.Size()))
+	e.Status = http.StatusRequestedRangeNotSatisfiable
 	e.Header = http.Header{}
 	e.Header.Set("Location", uploadLocation(repo, up.ID()))
 	e.Header.Set("Range", uploadRange(up.Size()))

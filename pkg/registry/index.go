@@ -78,9 +78,14 @@ func (x *ociIndex) keepUntagged(removed []v1.Descriptor) {
 // putManifest records desc and points tags at it.
 func (x *ociIndex) putManifest(desc v1.Descriptor, tags []string) {
 	want := make(map[string]bool, len(tags))
+	uniq := tags[:0:0]
 	for _, t := range tags {
+		if !want[t] {
+			uniq = append(uniq, t)
+		}
 		want[t] = true
 	}
+	tags = uniq
 	moved := x.remove(func(d v1.Descriptor) bool {
 		t := tagOf(d)
 		return (t != "" && want[t]) || (d.Digest == desc.Digest && t == "" && len(tags) > 0)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -54,7 +55,9 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 		if !ValidTag(t) {
 			return PutResult{}, fmt.Errorf("%w: %q", ErrTagInvalid, t)
 		}
-		tags = append(tags, t)
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
 	}
 	alg := digest.SHA256
 	if refDigest != "" {

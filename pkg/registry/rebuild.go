@@ -79,21 +79,22 @@ func (r *Registry) RebuildRepo(ctx context.Context, repo string) (bool, error) {
 		return false, nil
 	}
 	rec := meta.Repo{Name: repo, Version: ver, Tags: map[string]string{}}
-	done := map[digest.Digest]bool{}
+	readable := map[digest.Digest]bool{}
 	for _, d := range idx.Manifests {
-		if t := tagOf(d); t != "" {
+		ok, seen := readable[d.Digest]
+		if !seen {
+			m, err := r.deriveManifest(ctx, repo, d.MediaType, d.Digest)
+			if err != nil {
+				r.log.Warn().Err(err).Str("repo", repo).Str("digest", d.Digest.String()).Msg("skipping unreadable manifest during rebuild")
+			} else {
+				rec.Manifests = append(rec.Manifests, m)
+			}
+			ok = err == nil
+			readable[d.Digest] = ok
+		}
+		if t := tagOf(d); t != "" && ok {
 			rec.Tags[t] = d.Digest.String()
 		}
-		if done[d.Digest] {
-			continue
-		}
-		done[d.Digest] = true
-		m, err := r.deriveManifest(ctx, repo, d.MediaType, d.Digest)
-		if err != nil {
-			r.log.Warn().Err(err).Str("repo", repo).Str("digest", d.Digest.String()).Msg("skipping unreadable manifest during rebuild")
-			continue
-		}
-		rec.Manifests = append(rec.Manifests, m)
 	}
 	if err := r.meta.ReplaceRepo(ctx, rec); err != nil {
 		return false, fmt.Errorf("replace metadata of %s: %w", repo, err)

@@ -254,7 +254,7 @@ func (d *Driver) blobPath(repo string, dgst digest.Digest) (string, error) {
 // escape root or collide with a layout or driver name.
 func (d *Driver) repoDir(repo string) (string, error) {
 	if !validRepo(repo) {
-		return "", fmt.Errorf("fs: invalid repository name %q", repo)
+		return "", fmt.Errorf("fs: repository name %q: %w", repo, storage.ErrNameInvalid)
 	}
 	return filepath.Join(d.root, filepath.FromSlash(repo)), nil
 }

@@ -1,0 +1,185 @@
+package api_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/api"
+)
+
+// TestUploadBusy: a session held by another request answers 409.
+func TestUploadBusy(t *testing.T) {
+	t.Parallel()
+	ts := newServer(t)
+	id := ts.startUpload(t, "test", newData[:3])
+	up, err := ts.reg.Store().Upload(t.Context(), "test", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.do(t, nil, call{method: "PATCH", path: "/v2/test/blobs/uploads/" + id, body: newData[3:], status: 409, code: "BLOB_UPLOAD_INVALID"})
+	ts.do(t, nil, call{method: "GET", path: "/v2/test/blobs/uploads/" + id, status: 409, code: "BLOB_UPLOAD_INVALID"})
+	if err := up.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ts.do(t, nil, call{method: "GET", path: "/v2/test/blobs/uploads/" + id, status: 204, wantHeader: h("Range", "0-2")})
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// lines returns the JSON log lines written so far.
+func (s *syncBuffer) lines() []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestAccessLog checks the access log line of a request.
+func TestAccessLog(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	ts := newServerWith(t, api.Options{Log: zerolog.New(&buf), Member: "m1:5000", Metrics: prometheus.NewRegistry()})
+	ts.do(t, nil, call{method: "GET", path: manifestPath("test", "nope"), header: h("X-Request-Id", "trace-1"), status: 404})
+	// The line is written after the response; wait for it briefly.
+	var line map[string]any
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, l := range buf.lines() {
+			if l["message"] == "request" && l["req_id"] == "trace-1" {
+				line = l
+			}
+		}
+		if line != nil {
+			break
+		}
+	}
+	if line == nil {
+		t.Fatalf("no access log line for trace-1 in %v", buf.lines())
+	}
+	want := map[string]any{"method": "GET", "path": "/v2/test/manifests/nope", "repo": "test", "status": float64(404), "member": "m1:5000", "level": "info"}
+	for k, v := range want {
+		if line[k] != v {
+			t.Errorf("access log %s = %v, want %v (line %v)", k, line[k], v, line)
+		}
+	}
+	if _, ok := line["dur"]; !ok {
+		t.Errorf("access log lacks dur: %v", line)
+	}
+}
+
+// fakeForwarder claims the repositories under "remote/".
+type fakeForwarder struct {
+	mu    sync.Mutex
+	repos []string
+}
+
+func (f *fakeForwarder) Forward(w http.ResponseWriter, r *http.Request, repo string, local http.Handler) bool {
+	f.mu.Lock()
+	f.repos = append(f.repos, repo)
+	f.mu.Unlock()
+	if !strings.HasPrefix(repo, "remote/") {
+		return false
+	}
+	w.Header().Set("X-Forwarded-To", "peer")
+	w.WriteHeader(http.StatusNonAuthoritativeInfo)
+	return true
+}
+
+// TestForwarder checks which requests reach the cluster router.
+func TestForwarder(t *testing.T) {
+	t.Parallel()
+	fw := &fakeForwarder{}
+	ts := newServerWith(t, api.Options{Log: zerolog.Nop(), Cluster: fw})
+	ts.do(t, nil, call{method: "GET", path: "/v2/", status: 200})
+	ts.do(t, nil, call{method: "GET", path: "/v2/_catalog", status: 200})
+	ts.do(t, nil, call{method: "GET", path: "/v2/Remote/x/tags/list", status: 400, code: "NAME_INVALID"})
+	ts.do(t, nil, call{method: "GET", path: manifestPath("test", "latest"), status: 200, wantBody: imgManifest})
+	ts.do(t, nil, call{method: "PUT", path: manifestPath("remote/x", "latest"), body: imgManifest, status: 203,
+		wantHeader: h("X-Forwarded-To", "peer")})
+	ts.do(t, nil, call{method: "POST", path: "/v2/remote/y/blobs/uploads/", status: 203})
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	want := []string{"test", "remote/x", "remote/y"}
+	if strings.Join(fw.repos, ",") != strings.Join(want, ",") {
+		t.Errorf("Forward called for %q, want %q (not for /v2/, _catalog or invalid names)", fw.repos, want)
+	}
+	// Without metrics the server still works and has no /metrics.
+	if resp, _ := ts.get(t, "GET", "/metrics"); resp.StatusCode != 404 {
+		t.Errorf("/metrics without a registry: %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestMetricsPath serves metrics at a configured path.
+func TestMetricsPath(t *testing.T) {
+	t.Parallel()
+	ts := newServerWith(t, api.Options{Log: zerolog.Nop(), Metrics: prometheus.NewRegistry(), MetricsPath: "/custom"})
+	ts.get(t, "PUT", "/v2/test/blobs/uploads/?digest="+newDigest.String())
+	resp, body := ts.get(t, "GET", "/custom")
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `berth_http_requests_total{method="PUT",route="upload_start",status="405"} 1`) {
+		t.Errorf("/custom: %d %.500s", resp.StatusCode, body)
+	}
+}
+
+// TestMethodNotAllowed: every route answers an unsupported method with 405,
+// a JSON UNSUPPORTED error and (RFC 9110 §15.5.6) an Allow header listing
+// the methods it supports.
+func TestMethodNotAllowed(t *testing.T) {
+	t.Parallel()
+	var calls []call
+	for _, r := range []struct{ path, method, allow string }{
+		{"/v2/", "POST", "GET, HEAD"},
+		{"/v2/_catalog", "DELETE", "GET"},
+		{"/v2/test/tags/list", "PUT", "GET"},
+		{manifestPath("test", "latest"), "POST", "DELETE, GET, HEAD, PUT"},
+		{blobPath("test", layerDigest), "PUT", "DELETE, GET, HEAD"},
+		{"/v2/test/blobs/uploads/", "GET", "POST"},
+		{"/v2/test/blobs/uploads/{upload}", "POST", "DELETE, GET, PATCH, PUT"},
+		{"/v2/test/referrers/" + imgDigest.String(), "OPTIONS", "GET"},
+	} {
+		calls = append(calls, call{name: r.method + " " + r.path, method: r.method, path: r.path,
+			status: 405, code: "UNSUPPORTED", check: wantAllow(r.allow)})
+	}
+	runCalls(t, calls)
+}
+
+// wantAllow checks the Allow header lists exactly the methods in want
+// (comma separated, any order).
+func wantAllow(want string) func(*testing.T, *testServer, *http.Response, []byte) {
+	return func(t *testing.T, _ *testServer, resp *http.Response, _ []byte) {
+		t.Helper()
+		var got []string
+		for _, v := range resp.Header.Values("Allow") {
+			for _, m := range strings.Split(v, ",") {
+				got = append(got, strings.TrimSpace(m))
+			}
+		}
+		slices.Sort(got)
+		if strings.Join(got, ", ") != want {
+			t.Errorf("Allow %q, want %q", resp.Header.Values("Allow"), want)
+		}
+	}
+}
