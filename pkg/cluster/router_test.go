@@ -424,7 +424,9 @@ func TestRouterRejectsForgedHop(t *testing.T) {
 			s.now = func() time.Time { return time.Now().Add(5 * time.Minute) }
 			return s.sign("GET", uri, owner, to, true)
 		},
-		"tampered failover": func(to string) string { return strings.Replace(genuine.sign("GET", uri, owner, to, false), "fo=0", "fo=1", 1) },
+		"tampered failover": func(to string) string {
+			return strings.Replace(genuine.sign("GET", uri, owner, to, false), "fo=0", "fo=1", 1)
+		},
 	}
 	for name, value := range forged {
 		for _, m := range c.members {
