@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -22,9 +21,7 @@ import (
 	"github.com/berthreg/berth/pkg/api"
 	"github.com/berthreg/berth/pkg/cluster"
 	"github.com/berthreg/berth/pkg/config"
-	"github.com/berthreg/berth/pkg/meta/bolt"
 	"github.com/berthreg/berth/pkg/registry"
-	"github.com/berthreg/berth/pkg/storage/fs"
 )
 
 // shutdownGrace bounds how long in-flight requests may finish on SIGTERM.
@@ -81,27 +78,14 @@ func newLogger(lc config.LogConfig, stderr io.Writer) (zerolog.Logger, func(), e
 // serve runs the registry until ctx ends. path is the configuration file
 // ("" for defaults), reread for cluster membership changes.
 func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Logger) error {
-	if n := cfg.Storage.DriverName(); n != config.DriverFilesystem {
-		return fmt.Errorf("storage.storageDriver.name: %q is not supported by this build yet", n)
-	}
-	if n := cfg.Storage.CacheName(); n != config.CacheBoltDB {
-		return fmt.Errorf("storage.cacheDriver.name: %q is not supported by this build yet", n)
-	}
 	root := cfg.Storage.RootDirectory
-	store, err := fs.New(root, log.With().Str("component", "fs").Logger())
+	store, err := openStorage(ctx, cfg.Storage, log)
 	if err != nil {
-		return fmt.Errorf("open storage %s: %w", root, err)
+		return err
 	}
-	metaDir := filepath.Join(root, "_meta")
-	if cfg.Storage.CacheDriver != nil && cfg.Storage.CacheDriver.RootDir != "" {
-		metaDir = cfg.Storage.CacheDriver.RootDir
-	}
-	if err := os.MkdirAll(metaDir, 0o755); err != nil {
-		return fmt.Errorf("create metadata directory: %w", err)
-	}
-	md, err := bolt.Open(filepath.Join(metaDir, "meta.db"))
+	md, err := openMeta(ctx, cfg.Storage, log)
 	if err != nil {
-		return fmt.Errorf("open metadata: %w", err)
+		return err
 	}
 	defer md.Close()
 

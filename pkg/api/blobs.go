@@ -1,10 +1,12 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 
@@ -13,6 +15,9 @@ import (
 	"github.com/berthreg/berth/pkg/registry"
 	"github.com/berthreg/berth/pkg/storage"
 )
+
+// redirectExpiry is how long a redirect URL for a blob stays valid.
+const redirectExpiry = 20 * time.Minute
 
 // parseDigest validates a digest from a path or query.
 func parseDigest(s string) (digest.Digest, error) {
@@ -31,6 +36,20 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, rt route) error
 	dgst, err := parseDigest(rt.Ref)
 	if err != nil {
 		return err
+	}
+	if rdr, ok := s.reg.Store().(storage.Redirector); ok && r.Method == http.MethodGet {
+		if _, err := s.reg.Store().Stat(r.Context(), rt.Repo, dgst); err != nil {
+			return err
+		}
+		u, err := rdr.RedirectURL(r.Context(), rt.Repo, dgst, redirectExpiry)
+		if err == nil {
+			w.Header().Set("Docker-Content-Digest", dgst.String())
+			http.Redirect(w, r, u, http.StatusTemporaryRedirect)
+			return nil
+		}
+		if !errors.Is(err, errors.ErrUnsupported) {
+			return err
+		}
 	}
 	rd, err := s.reg.Store().Open(r.Context(), rt.Repo, dgst)
 	if err != nil {

@@ -64,6 +64,7 @@ var errorTable = []struct {
 	{storage.ErrUploadUnknown, errcode.ErrorCodeBlobUploadUnknown, 0},
 	{storage.ErrUploadBusy, errcode.ErrorCodeBlobUploadInvalid, http.StatusConflict},
 	{meta.ErrNotFound, errcode.ErrorCodeNameUnknown, 0},
+	{storage.ErrUnavailable, errcode.ErrorCodeUnavailable, 0},
 }
 
 // toAPIError converts any error to the response it deserves. Errors the
@@ -78,6 +79,9 @@ func toAPIError(err error) *apiError {
 			e := newError(row.code, err.Error())
 			if row.status != 0 {
 				e.Status = row.status
+			}
+			if e.Status == http.StatusServiceUnavailable {
+				e.Header = http.Header{"Retry-After": {"5"}}
 			}
 			e.cause = err
 			return e

@@ -127,3 +127,24 @@ func parseManifest(contentType string, body []byte) (*parsedManifest, error) {
 	}
 	return p, nil
 }
+
+// maxReferrerAnnotations bounds the annotations kept in metadata for the
+// referrers API (a DynamoDB item holds at most 400 KB).
+const maxReferrerAnnotations = 64 << 10
+
+// referrerAnnotations are the annotations metadata keeps: only manifests
+// with a subject are listed by the referrers API, and only when the
+// annotations are of a reasonable size.
+func (p *parsedManifest) referrerAnnotations() map[string]string {
+	if p.subject == "" || len(p.annotations) == 0 {
+		return nil
+	}
+	n := 0
+	for k, v := range p.annotations {
+		n += len(k) + len(v)
+	}
+	if n > maxReferrerAnnotations {
+		return nil
+	}
+	return p.annotations
+}

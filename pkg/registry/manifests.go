@@ -94,7 +94,7 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 	}
 	m := meta.Manifest{
 		Digest: dgst.String(), MediaType: p.mediaType, Size: int64(len(body)),
-		ArtifactType: p.artifactType, Subject: p.subject.String(), Annotations: p.annotations,
+		ArtifactType: p.artifactType, Subject: p.subject.String(), Annotations: p.referrerAnnotations(),
 	}
 	if err := r.meta.PutManifest(ctx, repo, m, tags, ver); err != nil {
 		return PutResult{}, fmt.Errorf("record manifest %s: %w", dgst, err)

@@ -122,7 +122,7 @@ func (r *Registry) deriveManifest(ctx context.Context, repo, mediaType string, d
 	}
 	return meta.Manifest{
 		Digest: dgst.String(), MediaType: p.mediaType, Size: int64(len(body)),
-		ArtifactType: p.artifactType, Subject: p.subject.String(), Annotations: p.annotations,
+		ArtifactType: p.artifactType, Subject: p.subject.String(), Annotations: p.referrerAnnotations(),
 	}, nil
 }
 

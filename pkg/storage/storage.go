@@ -32,7 +32,17 @@ var (
 	ErrUnsupportedAlgo = errors.New("unsupported digest algorithm")
 	ErrUploadBusy      = errors.New("upload in use by another request")
 	ErrNameInvalid     = errors.New("invalid repository name")
+	// ErrUnavailable means the backend could not be reached or kept failing
+	// after retries; nothing was changed. Clients should retry later.
+	ErrUnavailable = errors.New("storage backend unavailable")
 )
+
+// Redirector is an optional Driver capability: a URL the client can fetch
+// the blob from directly (a presigned S3 GET), valid for expires. An error
+// wrapping errors.ErrUnsupported means: serve the bytes instead.
+type Redirector interface {
+	RedirectURL(ctx context.Context, repo string, dgst digest.Digest, expires time.Duration) (string, error)
+}
 
 // UploadLister is an optional Driver capability used by garbage collection:
 // it enumerates upload sessions so abandoned ones can be removed.
