@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/rs/zerolog"
+
 	"github.com/berthreg/berth/pkg/registry"
 )
 
@@ -14,6 +16,16 @@ import (
 func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	m, err := s.reg.Resolve(ctx, rt.Repo, rt.Ref)
+	if s.opts.Sync != nil && (err == nil || errors.Is(err, registry.ErrManifestUnknown)) {
+		missing := err != nil
+		if serr := s.opts.Sync.Manifest(ctx, rt.Repo, rt.Ref, missing); serr != nil {
+			if missing {
+				return serr
+			}
+			zerolog.Ctx(ctx).Warn().Err(serr).Msg("failed to re-check tag upstream; serving the local copy")
+		}
+		m, err = s.reg.Resolve(ctx, rt.Repo, rt.Ref)
+	}
 	if err != nil {
 		return err
 	}

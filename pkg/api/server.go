@@ -3,6 +3,7 @@
 package api
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -31,9 +33,24 @@ type Options struct {
 	Metrics *prometheus.Registry
 	// MetricsPath is where metrics are served (default /metrics).
 	MetricsPath string
+	// Sync, when set, mirrors missing content from upstream registries.
+	Sync Syncer
 	// Cluster, when set, forwards repository requests this member does not
 	// own. Nil: a single node serves everything.
 	Cluster Forwarder
+}
+
+// Syncer mirrors content from upstream registries on demand.
+type Syncer interface {
+	// Manifest runs before a manifest GET or HEAD is answered; missing
+	// reports whether the registry lacks repo:ref. It fetches the image
+	// (with everything it references) when the sync rules match and, for a
+	// reference present locally, when its re-check interval has passed.
+	// Errors matter only when missing is true: they are answered to the
+	// client.
+	Manifest(ctx context.Context, repo, ref string, missing bool) error
+	// Referrers runs before a referrers listing of repo@dgst is answered.
+	Referrers(ctx context.Context, repo string, dgst digest.Digest) error
 }
 
 // Forwarder is the cluster router as the HTTP layer sees it.

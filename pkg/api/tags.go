@@ -9,6 +9,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rs/zerolog"
 )
 
 // maxPage caps n in tag and catalog listings.
@@ -109,6 +110,11 @@ func (s *Server) referrers(w http.ResponseWriter, r *http.Request, rt route) err
 	dgst, err := parseDigest(rt.Ref)
 	if err != nil {
 		return err
+	}
+	if s.opts.Sync != nil {
+		if err := s.opts.Sync.Referrers(r.Context(), rt.Repo, dgst); err != nil {
+			zerolog.Ctx(r.Context()).Warn().Err(err).Msg("failed to sync referrers; answering with local ones")
+		}
 	}
 	at := r.URL.Query().Get("artifactType")
 	list, err := s.reg.Referrers(r.Context(), rt.Repo, dgst, at)
