@@ -23,6 +23,12 @@ Usage:
   registry serve [CONFIG]    serve the registry; without CONFIG: port 5000,
                              all interfaces, storage under ./data
   registry verify CONFIG     validate CONFIG; prints every bad field
+  registry gc [--dry-run] [--repo NAME] [--json] CONFIG
+                             run one garbage collection pass and print what
+                             it removed (or would remove)
+  registry cluster owner REPO --config FILE
+                             print the member owning REPO and the failover
+                             ranking
   registry version           print the version
   registry help              show this help
 
@@ -51,6 +57,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(args[1:], stderr)
 	case "verify":
 		err = cmdVerify(args[1:], stdout, stderr)
+	case "gc":
+		err = cmdGC(args[1:], stdout, stderr)
+	case "cluster":
+		err = cmdCluster(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "berth", buildVersion())
 	case "help", "-h", "--help":

@@ -21,6 +21,7 @@ import (
 	"github.com/berthreg/berth/pkg/api"
 	"github.com/berthreg/berth/pkg/cluster"
 	"github.com/berthreg/berth/pkg/config"
+	"github.com/berthreg/berth/pkg/gc"
 	"github.com/berthreg/berth/pkg/registry"
 )
 
@@ -129,6 +130,15 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		}
 	}
 	srv := api.New(reg, opts)
+	gopts := gcOptions(cfg.Storage, log)
+	gopts.Metrics = promReg
+	if router != nil {
+		gopts.Owns = router.Owns
+	}
+	if !cfg.Storage.GCEnabled() {
+		gopts.Interval = 0 // still records pulls
+	}
+	go gc.New(reg, gopts).Run(ctx)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr())
 	if err != nil {

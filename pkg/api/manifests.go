@@ -46,6 +46,7 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route) e
 	if err != nil {
 		return err
 	}
+	s.reg.NotePull(rt.Repo, m.Digest)
 	h.Set("Content-Length", itoa(int64(len(body))))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)

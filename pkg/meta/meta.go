@@ -8,6 +8,7 @@ package meta
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Sentinel errors.
@@ -74,4 +75,14 @@ type BlobLocator interface {
 	AddBlob(ctx context.Context, repo, digest string) error
 	// BlobRepos lists up to n repositories recorded as holding digest.
 	BlobRepos(ctx context.Context, digest string, n int) ([]string, error)
+}
+
+// PullRecorder is an optional Store capability: the last time each
+// manifest was pulled, for retention rules (pulledWithin,
+// mostRecentlyPulledCount). Writes are batched by the caller.
+type PullRecorder interface {
+	// RecordPulls stores the last pull time of each digest of repo.
+	RecordPulls(ctx context.Context, repo string, pulls map[string]time.Time) error
+	// Pulls returns the recorded last pull time per digest of repo.
+	Pulls(ctx context.Context, repo string) (map[string]time.Time, error)
 }

@@ -22,9 +22,10 @@ const maxIndexRetries = 16
 // with org.opencontainers.image.ref.name; a manifest without tags has one
 // entry without that annotation.
 type ociIndex struct {
-	SchemaVersion int             `json:"schemaVersion"`
-	MediaType     string          `json:"mediaType"`
-	Manifests     []v1.Descriptor `json:"manifests"`
+	SchemaVersion int               `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	Manifests     []v1.Descriptor   `json:"manifests"`
+	Annotations   map[string]string `json:"annotations,omitempty"`
 }
 
 func newIndex() *ociIndex {
@@ -115,13 +116,15 @@ func (x *ociIndex) deleteManifest(dgst digest.Digest) {
 
 // updateIndex applies fn to repo's index.json with compare-and-set retries
 // and returns the version written.
-func (r *Registry) updateIndex(ctx context.Context, repo string, fn func(*ociIndex)) (string, error) {
+func (r *Registry) updateIndex(ctx context.Context, repo string, fn func(*ociIndex) error) (string, error) {
 	for attempt := 0; attempt < maxIndexRetries; attempt++ {
 		idx, ver, err := r.readIndex(ctx, repo)
 		if err != nil {
 			return "", err
 		}
-		fn(idx)
+		if err := fn(idx); err != nil {
+			return "", err
+		}
 		data, err := json.Marshal(idx)
 		if err != nil {
 			return "", fmt.Errorf("encode index of %s: %w", repo, err)

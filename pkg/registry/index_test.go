@@ -164,7 +164,7 @@ func TestUpdateIndexRetriesOnConflict(t *testing.T) {
 	e := newEnv(t)
 	cd := &conflictDriver{Driver: e.store, n: 1, change: addTagBehindBack("theirs")}
 	r := New(cd, e.md, e.reg.log)
-	ver, err := r.updateIndex(t.Context(), "repo", func(x *ociIndex) { x.putManifest(descOf(dA), []string{"ours"}) })
+	ver, err := r.updateIndex(t.Context(), "repo", func(x *ociIndex) error { x.putManifest(descOf(dA), []string{"ours"}); return nil })
 	if err != nil {
 		t.Fatalf("updateIndex: %v", err)
 	}
@@ -186,7 +186,7 @@ func TestUpdateIndexGivesUp(t *testing.T) {
 	e := newEnv(t)
 	cd := &conflictDriver{Driver: e.store, n: 1 << 30}
 	r := New(cd, e.md, e.reg.log)
-	_, err := r.updateIndex(t.Context(), "repo", func(x *ociIndex) { x.putManifest(descOf(dA), nil) })
+	_, err := r.updateIndex(t.Context(), "repo", func(x *ociIndex) error { x.putManifest(descOf(dA), nil); return nil })
 	if !errors.Is(err, storage.ErrIndexConflict) {
 		t.Fatalf("updateIndex: %v, want ErrIndexConflict", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -71,6 +72,11 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 	if err != nil {
 		return PutResult{}, err
 	}
+	// The commit must not be torn by a client hanging up. Blobs are checked
+	// under the repository lock, which garbage collection also takes.
+	ctx = context.WithoutCancel(ctx)
+	unlock := r.locks.lock(ctx, repo)
+	defer unlock()
 	for _, d := range append(append([]v1.Descriptor{}, p.blobs...), p.children...) {
 		if _, err := r.store.Stat(ctx, repo, d.Digest); err != nil {
 			if errors.Is(err, storage.ErrBlobUnknown) {
@@ -79,16 +85,23 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 			return PutResult{}, fmt.Errorf("stat %s: %w", d.Digest, err)
 		}
 	}
-
-	// The commit must not be torn by a client hanging up.
-	ctx = context.WithoutCancel(ctx)
-	unlock := r.locks.lock(ctx, repo)
-	defer unlock()
 	if err := r.store.Put(ctx, repo, dgst, body); err != nil {
 		return PutResult{}, fmt.Errorf("store manifest %s: %w", dgst, err)
 	}
 	desc := v1.Descriptor{MediaType: p.mediaType, Digest: dgst, Size: int64(len(body)), ArtifactType: p.artifactType}
-	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) { x.putManifest(desc, tags) })
+	refs := append(append([]v1.Descriptor{{Digest: dgst}}, p.blobs...), p.children...)
+	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
+		// A blob garbage collection is deleting cannot be relied on.
+		if pending := x.gcPending(time.Now()); len(pending) > 0 {
+			for _, d := range refs {
+				if pending[d.Digest] {
+					return fmt.Errorf("%w: %s is being garbage collected; push it again", ErrManifestBlob, d.Digest)
+				}
+			}
+		}
+		x.putManifest(desc, tags)
+		return nil
+	})
 	if err != nil {
 		return PutResult{}, err
 	}
@@ -147,13 +160,13 @@ func (r *Registry) DeleteManifest(ctx context.Context, repo, ref string) error {
 		return err
 	}
 	if tag != "" {
-		ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) { x.deleteTag(tag) })
+		ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error { x.deleteTag(tag); return nil })
 		if err != nil {
 			return err
 		}
 		return r.meta.DeleteTag(ctx, repo, tag, ver)
 	}
-	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) { x.deleteManifest(dgst) })
+	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error { x.deleteManifest(dgst); return nil })
 	if err != nil {
 		return err
 	}

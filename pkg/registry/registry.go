@@ -55,6 +55,7 @@ type Registry struct {
 	meta  meta.Store
 	log   zerolog.Logger
 	locks keyedMutex
+	pulls pullLog
 }
 
 // New returns a Registry over store and md.

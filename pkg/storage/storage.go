@@ -44,6 +44,12 @@ type Redirector interface {
 	RedirectURL(ctx context.Context, repo string, dgst digest.Digest, expires time.Duration) (string, error)
 }
 
+// BlobLister is an optional Driver capability used by garbage collection:
+// it enumerates the blobs stored in a repository (manifests included).
+type BlobLister interface {
+	Blobs(ctx context.Context, repo string, fn func(dgst digest.Digest, info BlobInfo) error) error
+}
+
 // UploadLister is an optional Driver capability used by garbage collection:
 // it enumerates upload sessions so abandoned ones can be removed.
 type UploadLister interface {

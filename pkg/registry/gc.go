@@ -1,0 +1,311 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berthreg/berth/pkg/meta"
+	"github.com/berthreg/berth/pkg/storage"
+)
+
+// ErrGCBusy means another collector holds a live mark on the repository.
+var ErrGCBusy = errors.New("repository is being collected by another process")
+
+// Node is one manifest of a repository as garbage collection sees it.
+type Node struct {
+	Digest    digest.Digest
+	MediaType string
+	Size      int64
+	Tags      []string
+	PushedAt  time.Time       // when the manifest was last written
+	Subject   digest.Digest   // "" unless a referrer
+	Children  []digest.Digest // manifests an index lists
+	Blobs     []digest.Digest // config and layers
+}
+
+// Graph is a repository's manifests at one index version.
+type Graph struct {
+	Repo    string
+	Version string
+	Nodes   map[digest.Digest]*Node
+}
+
+// graphCache remembers parsed manifests (content-addressed, so immutable)
+// during a pass.
+type graphCache map[digest.Digest]*Node
+
+// Graph reads repo's manifests and what they reference.
+func (r *Registry) Graph(ctx context.Context, repo string) (*Graph, error) {
+	idx, ver, err := r.readIndex(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	return r.graphOf(ctx, repo, idx, ver, graphCache{})
+}
+
+func (r *Registry) graphOf(ctx context.Context, repo string, idx *ociIndex, ver string, cache graphCache) (*Graph, error) {
+	g := &Graph{Repo: repo, Version: ver, Nodes: map[digest.Digest]*Node{}}
+	for _, d := range idx.Manifests {
+		n := g.Nodes[d.Digest]
+		if n == nil {
+			base, err := r.node(ctx, repo, d, cache)
+			if err != nil {
+				return nil, err
+			}
+			cp := *base
+			cp.Tags = nil
+			n = &cp
+			g.Nodes[d.Digest] = n
+		}
+		if t := tagOf(d); t != "" {
+			n.Tags = append(n.Tags, t)
+		}
+	}
+	return g, nil
+}
+
+// node parses one manifest (from the cache when possible).
+func (r *Registry) node(ctx context.Context, repo string, d v1.Descriptor, cache graphCache) (*Node, error) {
+	if n, ok := cache[d.Digest]; ok {
+		return n, nil
+	}
+	n := &Node{Digest: d.Digest, MediaType: d.MediaType, Size: d.Size}
+	info, err := r.store.Stat(ctx, repo, d.Digest)
+	switch {
+	case errors.Is(err, storage.ErrBlobUnknown):
+		// A manifest whose content is gone references nothing.
+	case err != nil:
+		return nil, err
+	default:
+		n.PushedAt = info.ModTime
+		body, err := r.ManifestBody(ctx, repo, metaOf(d))
+		if err != nil && !errors.Is(err, ErrManifestUnknown) {
+			return nil, err
+		}
+		if err == nil {
+			if p, perr := parseManifest(d.MediaType, body); perr == nil {
+				n.Subject = p.subject
+				for _, b := range p.blobs {
+					n.Blobs = append(n.Blobs, b.Digest)
+				}
+				for _, c := range p.children {
+					n.Children = append(n.Children, c.Digest)
+				}
+			}
+		}
+	}
+	cache[d.Digest] = n
+	return n, nil
+}
+
+// Referenced returns every digest the repository still needs: its
+// manifests and everything they reference.
+func (g *Graph) Referenced() map[digest.Digest]bool {
+	ref := map[digest.Digest]bool{}
+	for d, n := range g.Nodes {
+		ref[d] = true
+		for _, b := range n.Blobs {
+			ref[b] = true
+		}
+		for _, c := range n.Children {
+			ref[c] = true
+		}
+	}
+	return ref
+}
+
+// Unreachable returns the manifests that nothing keeps: no tag, no index
+// listing them, and (unless a referrer of a present subject) no subject
+// keeping them. Referrers whose subject is gone are included only when
+// withOrphanReferrers is true.
+func (g *Graph) Unreachable(withOrphanReferrers bool) []*Node {
+	child := map[digest.Digest]bool{}
+	for _, n := range g.Nodes {
+		for _, c := range n.Children {
+			child[c] = true
+		}
+	}
+	var out []*Node
+	for d, n := range g.Nodes {
+		if len(n.Tags) > 0 || child[d] {
+			continue
+		}
+		if n.Subject != "" {
+			if _, present := g.Nodes[n.Subject]; present || !withOrphanReferrers {
+				continue
+			}
+		}
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b *Node) int { return a.PushedAt.Compare(b.PushedAt) })
+	return out
+}
+
+// DeleteTagIf removes tag only if it still names dgst, reporting whether it
+// did: a tag pushed again meanwhile is never removed by a stale decision.
+func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst digest.Digest) (bool, error) {
+	unlock := r.locks.lock(ctx, repo)
+	defer unlock()
+	errStale := errors.New("stale")
+	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
+		for _, d := range x.Manifests {
+			if tagOf(d) == tag && d.Digest == dgst {
+				x.deleteTag(tag)
+				return nil
+			}
+		}
+		return errStale
+	})
+	if errors.Is(err, errStale) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, r.meta.DeleteTag(ctx, repo, tag, ver)
+}
+
+// DeleteUnreachable removes manifest dgst only if, in the index current at
+// the moment of writing, it is still unreachable (see Graph.Unreachable).
+func (r *Registry) DeleteUnreachable(ctx context.Context, repo string, dgst digest.Digest, withOrphanReferrers bool) (bool, error) {
+	unlock := r.locks.lock(ctx, repo)
+	defer unlock()
+	cache := graphCache{}
+	errKept := errors.New("kept")
+	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
+		g, err := r.graphOf(ctx, repo, x, "", cache)
+		if err != nil {
+			return err
+		}
+		for _, n := range g.Unreachable(withOrphanReferrers) {
+			if n.Digest == dgst {
+				x.deleteManifest(dgst)
+				return nil
+			}
+		}
+		return errKept
+	})
+	if errors.Is(err, errKept) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	_, err = r.meta.DeleteManifest(ctx, repo, dgst.String(), ver)
+	if err != nil && !errors.Is(err, ErrManifestUnknown) {
+		return true, fmt.Errorf("forget manifest %s: %w", dgst, err)
+	}
+	return true, nil
+}
+
+// BlobCandidate is a blob garbage collection may delete.
+type BlobCandidate struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// UnreferencedBlobs lists blobs of repo that no manifest in the current
+// index references and that were written before olderThan.
+func (r *Registry) UnreferencedBlobs(ctx context.Context, repo string, olderThan time.Time) ([]BlobCandidate, *Graph, error) {
+	bl, ok := r.store.(storage.BlobLister)
+	if !ok {
+		return nil, nil, errors.New("storage driver cannot list blobs")
+	}
+	g, err := r.Graph(ctx, repo)
+	if err != nil {
+		return nil, nil, err
+	}
+	ref := g.Referenced()
+	var out []BlobCandidate
+	err = bl.Blobs(ctx, repo, func(d digest.Digest, info storage.BlobInfo) error {
+		if !ref[d] && info.ModTime.Before(olderThan) {
+			out = append(out, BlobCandidate{Digest: d, Size: info.Size})
+		}
+		return nil
+	})
+	return out, g, err
+}
+
+func metaOf(d v1.Descriptor) meta.Manifest { return meta.Manifest{Digest: d.Digest.String()} }
+
+// errNothing ends an index update that has nothing to write.
+var errNothing = errors.New("nothing to write")
+
+// DeleteBlobs deletes the candidates that are still unreferenced when the
+// collector's mark is written (see gcmark.go) and were not written again
+// after olderThan, returning what it deleted. It fails with ErrGCBusy when
+// another collector's mark is live.
+func (r *Registry) DeleteBlobs(ctx context.Context, repo string, cands []BlobCandidate, olderThan time.Time) ([]BlobCandidate, error) {
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	unlock := r.locks.lock(ctx, repo)
+	defer unlock()
+	cache := graphCache{}
+	markAt := time.Now()
+	var pending []BlobCandidate
+	_, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
+		if since, ok := x.gcMarkTime(); ok && markAt.Sub(since) <= gcMarkTTL {
+			return ErrGCBusy
+		}
+		g, err := r.graphOf(ctx, repo, x, "", cache)
+		if err != nil {
+			return err
+		}
+		ref := g.Referenced()
+		pending = pending[:0]
+		ds := make([]digest.Digest, 0, len(cands))
+		for _, c := range cands {
+			if !ref[c.Digest] {
+				pending = append(pending, c)
+				ds = append(ds, c.Digest)
+			}
+		}
+		if len(pending) == 0 {
+			return errNothing
+		}
+		x.setGCMark(ds, markAt)
+		return nil
+	})
+	if errors.Is(err, errNothing) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	// From here on no push can start relying on a pending blob: clear the
+	// mark whatever happens.
+	defer func() {
+		_, cerr := r.updateIndex(context.WithoutCancel(ctx), repo, func(x *ociIndex) error {
+			if t, ok := x.gcMarkTime(); ok && t.Equal(markAt) {
+				x.clearGCMark()
+				return nil
+			}
+			return errNothing
+		})
+		if cerr != nil && !errors.Is(cerr, errNothing) {
+			r.log.Warn().Err(cerr).Str("repo", repo).Msg("failed to clear garbage collection mark; it expires by itself")
+		}
+	}()
+	var deleted []BlobCandidate
+	for _, c := range pending {
+		info, err := r.store.Stat(ctx, repo, c.Digest)
+		if err != nil || !info.ModTime.Before(olderThan) {
+			continue // gone already, or written again since it was chosen
+		}
+		if err := r.store.Delete(ctx, repo, c.Digest); err != nil {
+			if errors.Is(err, storage.ErrBlobUnknown) {
+				continue
+			}
+			return deleted, fmt.Errorf("delete blob %s: %w", c.Digest, err)
+		}
+		deleted = append(deleted, c)
+	}
+	return deleted, nil
+}
