@@ -33,6 +33,9 @@ type Options struct {
 	Metrics *prometheus.Registry
 	// MetricsPath is where metrics are served (default /metrics).
 	MetricsPath string
+	// Auth, when set, authenticates and authorises every API request,
+	// before it is forwarded and again on the member that serves it.
+	Auth Authorizer
 	// Sync, when set, mirrors missing content from upstream registries.
 	Sync Syncer
 	// Cluster, when set, forwards repository requests this member does not
@@ -51,6 +54,24 @@ type Syncer interface {
 	Manifest(ctx context.Context, repo, ref string, missing bool) error
 	// Referrers runs before a referrers listing of repo@dgst is answered.
 	Referrers(ctx context.Context, repo string, dgst digest.Digest) error
+}
+
+// Actions a request needs on a repository (zot's names).
+const (
+	ActionRead   = "read"
+	ActionCreate = "create"
+	ActionUpdate = "update"
+	ActionDelete = "delete"
+)
+
+// Authorizer authenticates callers and checks their rights.
+type Authorizer interface {
+	// Authorize checks that the caller of r may perform action on repo
+	// (repo "" for /v2/ and the catalog). When it may not, Authorize writes
+	// the answer itself (401 with a challenge, or 403) and returns false.
+	Authorize(w http.ResponseWriter, r *http.Request, repo, action string) bool
+	// FilterRepos keeps the repositories the caller of r may read.
+	FilterRepos(r *http.Request, repos []string) []string
 }
 
 // Forwarder is the cluster router as the HTTP layer sees it.
@@ -161,6 +182,9 @@ func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, newError(errcode.ErrorCodeNameInvalid, fmt.Sprintf("invalid repository name %q", rt.Repo)))
 		return
 	}
+	if s.opts.Auth != nil && !s.opts.Auth.Authorize(w, r, rt.Repo, s.action(r, rt)) {
+		return
+	}
 	if s.opts.Cluster != nil && rt.Repo != "" {
 		local := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRoute(w, r, rt) })
 		if s.opts.Cluster.Forward(w, r, rt.Repo, local) {
@@ -193,6 +217,29 @@ func (s *Server) serveRoute(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 	if err != nil {
 		writeError(w, r, err)
+	}
+}
+
+// action is what a request does to its repository. A manifest PUT is an
+// update when the tag already exists, else a create.
+func (s *Server) action(r *http.Request, rt route) string {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return ActionRead
+	case http.MethodDelete:
+		if rt.Kind == kindUpload {
+			return ActionCreate // cancelling one's own upload
+		}
+		return ActionDelete
+	case http.MethodPut:
+		if rt.Kind == kindManifest {
+			if _, err := s.reg.Resolve(r.Context(), rt.Repo, rt.Ref); err == nil {
+				return ActionUpdate
+			}
+		}
+		return ActionCreate
+	default:
+		return ActionCreate
 	}
 }
 

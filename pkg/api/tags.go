@@ -92,7 +92,12 @@ func (s *Server) catalog(w http.ResponseWriter, r *http.Request, _ route) error 
 	if err != nil {
 		return err
 	}
-	repos, more, err := page(n, func(k int) ([]string, error) { return s.reg.Catalog(r.Context(), last, k) })
+	repos, more, err := page(n, func(k int) ([]string, error) {
+		if s.opts.Auth == nil {
+			return s.reg.Catalog(r.Context(), last, k)
+		}
+		return s.readableCatalog(r, last, k)
+	})
 	if err != nil {
 		return err
 	}
@@ -103,6 +108,27 @@ func (s *Server) catalog(w http.ResponseWriter, r *http.Request, _ route) error 
 		setNextLink(w, "/v2/_catalog", n, repos[len(repos)-1])
 	}
 	return writeJSON(w, r, "application/json", map[string]any{"repositories": repos})
+}
+
+// readableCatalog pages through the catalog keeping only the repositories
+// the caller may read, until it has n of them (n<0: all).
+func (s *Server) readableCatalog(r *http.Request, last string, n int) ([]string, error) {
+	var out []string
+	for n < 0 || len(out) < n {
+		batch, err := s.reg.Catalog(r.Context(), last, 1000)
+		if err != nil {
+			return nil, err
+		}
+		if len(batch) == 0 {
+			break
+		}
+		out = append(out, s.opts.Auth.FilterRepos(r, batch)...)
+		last = batch[len(batch)-1]
+	}
+	if n >= 0 && len(out) > n {
+		out = out[:n]
+	}
+	return out, nil
 }
 
 // referrers lists the manifests that name a digest as their subject.
