@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/cluster"
@@ -22,7 +23,7 @@ import (
 const selfTimeout = 60 * time.Second
 
 // newRouter builds the cluster router for a member listening on listen.
-func newRouter(ctx context.Context, cc *config.ClusterConfig, listen string, log zerolog.Logger) (*cluster.Router, error) {
+func newRouter(ctx context.Context, cc *config.ClusterConfig, listen string, metrics *prometheus.Registry, log zerolog.Logger) (*cluster.Router, error) {
 	ips, err := cluster.LocalIPs()
 	if err != nil {
 		return nil, fmt.Errorf("cluster: list interface addresses: %w", err)
@@ -43,6 +44,7 @@ func newRouter(ctx context.Context, cc *config.ClusterConfig, listen string, log
 		Self:    self,
 		TLS:     tc,
 		Log:     log.With().Str("component", "cluster").Str("member", self).Logger(),
+		Metrics: metrics,
 	})
 }
 

@@ -90,11 +90,16 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	}
 	defer md.Close()
 
+	var promReg *prometheus.Registry
+	if cfg.Extensions == nil || cfg.Extensions.Metrics == nil || cfg.Extensions.MetricsEnabled() {
+		promReg = prometheus.NewRegistry()
+		promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
 	reg := registry.New(store, md, log.With().Str("component", "registry").Logger())
 	var router *cluster.Router
 	var mine func(string) bool
 	if cfg.Cluster != nil {
-		if router, err = newRouter(ctx, cfg.Cluster, cfg.ListenAddr(), log); err != nil {
+		if router, err = newRouter(ctx, cfg.Cluster, cfg.ListenAddr(), promReg, log); err != nil {
 			return err
 		}
 		log = log.With().Str("member", router.Self()).Logger()
@@ -109,11 +114,6 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	log.Info().Int("repos", st.Repos).Int("rebuilt", st.Rebuilt).Int("dropped", st.Dropped).
 		Dur("dur", time.Since(start)).Msg("metadata checked against storage")
 
-	var promReg *prometheus.Registry
-	if cfg.Extensions == nil || cfg.Extensions.Metrics == nil || cfg.Extensions.MetricsEnabled() {
-		promReg = prometheus.NewRegistry()
-		promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	}
 	metricsPath := ""
 	if cfg.Extensions != nil && cfg.Extensions.Metrics != nil && cfg.Extensions.Metrics.Prometheus != nil {
 		metricsPath = cfg.Extensions.Metrics.Prometheus.Path

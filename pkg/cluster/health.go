@@ -16,6 +16,8 @@ type health struct {
 	down  map[string]bool
 	log   zerolog.Logger
 	fails map[string]int
+	// onChange, when set, is told every checked state (under mu).
+	onChange func(peer string, up bool)
 }
 
 // downAfter is how many consecutive failed checks mark a peer down.
@@ -40,11 +42,19 @@ func (h *health) markDown(member string) {
 	}
 	h.down[member] = true
 	h.fails[member] = downAfter
+	if h.onChange != nil {
+		h.onChange(member, false)
+	}
 }
 
 func (h *health) record(member string, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	defer func() {
+		if h.onChange != nil {
+			h.onChange(member, !h.down[member])
+		}
+	}()
 	if ok {
 		if h.down[member] {
 			h.log.Info().Str("peer", member).Msg("peer is up")

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -32,6 +33,8 @@ type Options struct {
 	Log zerolog.Logger
 	// HealthInterval is how often peers are checked (default 1s).
 	HealthInterval time.Duration
+	// Metrics receives the router's metrics; nil disables them.
+	Metrics *prometheus.Registry
 	// Transport, when set, replaces the pooled transport towards a member
 	// (tests use it to drop or delay traffic).
 	Transport func(member string) http.RoundTripper
@@ -46,6 +49,9 @@ type Router struct {
 	health *health
 	pool   *bufferPool
 	mu     sync.Mutex // serialises Update
+
+	forwarded *prometheus.CounterVec // by peer and outcome
+	peerUp    *prometheus.GaugeVec
 }
 
 // view is one membership: the ring and a reverse proxy per peer.
@@ -61,6 +67,7 @@ const (
 	keyFailover
 	keyAttempt
 	keyIncoming
+	keyFailed
 )
 
 // New returns a Router. Call Start to begin health checks.
@@ -73,6 +80,22 @@ func New(opts Options) (*Router, error) {
 		signer: newHopSigner(opts.HashKey),
 		health: newHealth(opts.Log),
 		pool:   &bufferPool{},
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_cluster_forwarded_total", Help: "Requests forwarded to the owning member, by peer and outcome (ok, error, retried).",
+		}, []string{"peer", "outcome"}),
+		peerUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_cluster_peer_up", Help: "1 when a peer answers its health check, else 0.",
+		}, []string{"peer"}),
+	}
+	rt.health.onChange = func(peer string, up bool) {
+		v := 0.0
+		if up {
+			v = 1
+		}
+		rt.peerUp.WithLabelValues(peer).Set(v)
+	}
+	if opts.Metrics != nil {
+		opts.Metrics.MustRegister(rt.forwarded, rt.peerUp)
 	}
 	if err := rt.Update(opts.Members); err != nil {
 		return nil, err
@@ -216,11 +239,15 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 			continue
 		}
 		ctx := context.WithValue(r.Context(), keyRepo, repo)
+		ctx = context.WithValue(ctx, keyFailed, new(bool))
 		ctx = context.WithValue(ctx, keyFailover, i > 0)
 		if attempt, _ := r.Context().Value(keyAttempt).(int); attempt == 0 && log.GetLevel() != zerolog.Disabled {
 			log.UpdateContext(func(c zerolog.Context) zerolog.Context { return c.Str("owner", m) })
 		}
 		v.proxies[m].ServeHTTP(w, r.WithContext(ctx))
+		if failed, _ := ctx.Value(keyFailed).(*bool); failed == nil || !*failed {
+			rt.forwarded.WithLabelValues(m, "ok").Inc()
+		}
 		return true
 	}
 	writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "no cluster member can serve repository "+repo, 1)
@@ -257,6 +284,10 @@ func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member st
 	if in, ok := out.Context().Value(keyIncoming).(*http.Request); ok {
 		r = in.WithContext(out.Context())
 	}
+	if failed, _ := out.Context().Value(keyFailed).(*bool); failed != nil {
+		*failed = true
+	}
+	rt.forwarded.WithLabelValues(member, "error").Inc()
 	log := zerolog.Ctx(r.Context())
 	if r.Context().Err() != nil {
 		log.Debug().Err(err).Msg("client went away during a forwarded request")
