@@ -119,6 +119,14 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		metricsPath = cfg.Extensions.Metrics.Prometheus.Path
 	}
 	opts := api.Options{Log: log, Metrics: promReg, MetricsPath: metricsPath}
+	if cfg.Extensions.SyncEnabled() {
+		syncer, err := newSyncer(cfg, router, reg, promReg, log)
+		if err != nil {
+			return err
+		}
+		opts.Sync = syncer
+		go syncer.Run(ctx)
+	}
 	if router != nil {
 		opts.Cluster = router
 		router.Start(ctx)

@@ -1,0 +1,361 @@
+package sync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	gosync "sync"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/registry"
+	"github.com/berthreg/berth/pkg/storage"
+)
+
+const (
+	// blobWorkers is how many blobs of one image are copied at once.
+	blobWorkers = 4
+	// maxDepth bounds nested indexes.
+	maxDepth = 4
+)
+
+// Artifact types that count as signatures for onlySigned.
+var signatureTypes = map[string]bool{
+	"application/vnd.dev.cosign.artifact.sig.v1+json": true,
+	"application/vnd.cncf.notary.signature":           true,
+}
+
+// errUnsigned: onlySigned is set and upstream has no signature for the image.
+var errUnsigned = errors.New("image has no signature upstream")
+
+// source is one local repository and where it comes from.
+type source struct {
+	reg      *upstreamRegistry
+	rule     *Rule // nil: the registry has no content rules (on demand, same name)
+	local    string
+	upstream string
+}
+
+// planned is a manifest to store, with the tags to point at it.
+type planned struct {
+	f    *fetched
+	tags []string
+}
+
+// plan is what one copy stores: blobs first, then manifests in order
+// (children before the indexes naming them).
+type plan struct {
+	blobs     []v1.Descriptor
+	manifests []planned
+	seen      map[digest.Digest]bool
+}
+
+func newPlan() *plan { return &plan{seen: map[digest.Digest]bool{}} }
+
+// manifestDoc is the part of a manifest or index the copy follows.
+type manifestDoc struct {
+	MediaType    string          `json:"mediaType"`
+	ArtifactType string          `json:"artifactType"`
+	Config       *v1.Descriptor  `json:"config"`
+	Layers       []v1.Descriptor `json:"layers"`
+	Manifests    []v1.Descriptor `json:"manifests"`
+}
+
+// copyImage copies repo:ref (with everything it references and its
+// referrers) from the first mirror that answers, and returns its digest.
+func (s *Syncer) copyImage(ctx context.Context, src source, ref, mode string) (digest.Digest, error) {
+	var err error
+	for i, u := range src.reg.mirrors {
+		var d digest.Digest
+		d, err = s.copyFrom(ctx, u, src, ref, mode)
+		if err == nil || !errors.Is(err, storage.ErrUnavailable) || i == len(src.reg.mirrors)-1 {
+			return d, err
+		}
+		s.logger(ctx, src).Warn().Err(err).Str("mirror", u.String()).Msg("upstream mirror unavailable, trying the next one")
+	}
+	return "", err
+}
+
+// copyFrom copies one image from mirror u. The top manifest and its tag are
+// written last, after everything it references is stored: a failure leaves
+// no tag and no manifest pointing at missing content.
+func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref, mode string) (digest.Digest, error) {
+	log := s.logger(ctx, src).With().Str("ref", ref).Str("mirror", u.String()).Logger()
+	s.m.fetches.WithLabelValues(src.reg.label).Inc()
+	top, err := u.manifest(ctx, src.upstream, ref)
+	if err != nil {
+		return "", err
+	}
+	var tags []string
+	if _, tag, _ := registry.ParseReference(ref); tag != "" {
+		tags = []string{tag}
+	}
+	reg := s.deps.Registry
+	if _, err := reg.Resolve(ctx, src.local, top.digest.String()); err == nil {
+		// Known content under a new tag: only the tag moves.
+		if err := s.put(ctx, src, top, tags); err != nil {
+			return "", err
+		}
+		log.Info().Str("digest", top.digest.String()).Msg("tag synced to a manifest already present")
+		return top.digest, nil
+	}
+
+	refs := s.referrerPlan(ctx, u, src, top.digest, log)
+	if src.reg.onlySigned && !refs.signed {
+		return "", errUnsigned
+	}
+	main := newPlan()
+	if err := s.walk(ctx, u, src, top, main, 0); err != nil {
+		return "", err
+	}
+	if err := s.copyBlobs(ctx, u, src, main.blobs); err != nil {
+		return "", err
+	}
+	if err := s.copyBlobs(ctx, u, src, refs.blobs); err != nil {
+		log.Warn().Err(err).Msg("failed to copy referrers' blobs; syncing the image without them")
+		refs.manifests = nil
+	}
+	for _, p := range main.manifests {
+		if err := s.put(ctx, src, p.f, p.tags); err != nil {
+			return "", err
+		}
+	}
+	for _, p := range refs.manifests {
+		if err := s.put(ctx, src, p.f, p.tags); err != nil {
+			log.Warn().Err(err).Str("digest", p.f.digest.String()).Msg("failed to store a referrer")
+		}
+	}
+	if err := s.put(ctx, src, top, tags); err != nil {
+		return "", err
+	}
+	s.m.images.WithLabelValues(src.reg.label, mode).Inc()
+	log.Info().Str("digest", top.digest.String()).Str("mode", mode).Int("blobs", len(main.blobs)).
+		Int("manifests", len(main.manifests)+1).Int("referrers", len(refs.manifests)).Msg("image synced")
+	return top.digest, nil
+}
+
+// put stores a fetched manifest under its own digest (so the digest is
+// upstream's whatever its algorithm) and points tags at it.
+func (s *Syncer) put(ctx context.Context, src source, f *fetched, tags []string) error {
+	if _, err := s.deps.Registry.PutManifest(ctx, src.local, f.digest.String(), f.mediaType, f.body, tags); err != nil {
+		return fmt.Errorf("store manifest %s@%s: %w", src.local, f.digest, err)
+	}
+	s.m.bytes.WithLabelValues(src.reg.label).Add(float64(len(f.body)))
+	return nil
+}
+
+// walk adds what f references to p: blobs of an image; for an index, every
+// child manifest not present locally (fetched, walked, and added before
+// the index that names it).
+func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, p *plan, depth int) error {
+	if depth > maxDepth {
+		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: errors.New("indexes nested too deep")}
+	}
+	var doc manifestDoc
+	if err := json.Unmarshal(f.body, &doc); err != nil {
+		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: fmt.Errorf("manifest: %v", err)}
+	}
+	if f.mediaType == "" && doc.MediaType == "" && doc.Manifests != nil {
+		f.mediaType = registry.MediaTypeOCIIndex
+	}
+	if doc.Config != nil {
+		p.addBlob(*doc.Config)
+		for _, l := range doc.Layers {
+			if !strings.Contains(l.MediaType, ".nondistributable.") && !strings.Contains(l.MediaType, ".foreign.") {
+				p.addBlob(l)
+			}
+		}
+	}
+	for _, child := range doc.Manifests {
+		if p.seen[child.Digest] {
+			continue
+		}
+		p.seen[child.Digest] = true
+		if _, err := s.deps.Registry.Resolve(ctx, src.local, child.Digest.String()); err == nil {
+			continue
+		}
+		cf, err := u.manifest(ctx, src.upstream, child.Digest.String())
+		if err != nil {
+			return err
+		}
+		if cf.mediaType == "" {
+			cf.mediaType = child.MediaType
+		}
+		if err := s.walk(ctx, u, src, cf, p, depth+1); err != nil {
+			return err
+		}
+		p.manifests = append(p.manifests, planned{f: cf})
+	}
+	return nil
+}
+
+func (p *plan) addBlob(d v1.Descriptor) {
+	if p.seen[d.Digest] {
+		return
+	}
+	p.seen[d.Digest] = true
+	p.blobs = append(p.blobs, d)
+}
+
+// refPlan is the referrers of an image and what they reference.
+type refPlan struct {
+	*plan
+	signed bool
+}
+
+// referrerPlan collects dgst's referrers missing locally (from the
+// referrers API, or the tag schema) and a legacy cosign signature tag
+// ("sha256-<hex>.sig"). Referrers are best effort: a failure is logged and
+// the image is synced without them.
+func (s *Syncer) referrerPlan(ctx context.Context, u *upstream, src source, dgst digest.Digest, log zerolog.Logger) refPlan {
+	rp := refPlan{plan: newPlan()}
+	descs, err := u.referrers(ctx, src.upstream, dgst)
+	if err != nil {
+		log.Warn().Err(err).Msg("failed to list referrers upstream")
+	}
+	for _, d := range descs {
+		if signatureTypes[d.ArtifactType] {
+			rp.signed = true
+		}
+		if err := s.addManifest(ctx, u, src, d.Digest.String(), d.MediaType, nil, rp.plan); err != nil {
+			log.Warn().Err(err).Str("referrer", d.Digest.String()).Msg("failed to fetch a referrer")
+		}
+	}
+	sig := referrersTag(dgst) + ".sig"
+	ok, err := u.exists(ctx, src.upstream, sig)
+	if ok {
+		err = s.addManifest(ctx, u, src, sig, "", []string{sig}, rp.plan)
+	}
+	if err != nil {
+		log.Warn().Err(err).Str("tag", sig).Msg("failed to fetch a signature tag")
+	}
+	rp.signed = rp.signed || (ok && err == nil)
+	return rp
+}
+
+// addManifest fetches ref (unless it is present locally and untagged is
+// enough), walks it into p and plans it with tags.
+func (s *Syncer) addManifest(ctx context.Context, u *upstream, src source, ref, mediaType string, tags []string, p *plan) error {
+	if len(tags) == 0 {
+		if _, err := s.deps.Registry.Resolve(ctx, src.local, ref); err == nil {
+			return nil
+		}
+	}
+	f, err := u.manifest(ctx, src.upstream, ref)
+	if err != nil {
+		return err
+	}
+	if p.seen[f.digest] && len(tags) == 0 {
+		return nil
+	}
+	p.seen[f.digest] = true
+	if f.mediaType == "" {
+		f.mediaType = mediaType
+	}
+	sub := &plan{seen: p.seen}
+	if err := s.walk(ctx, u, src, f, sub, 0); err != nil {
+		return err
+	}
+	p.blobs = append(p.blobs, sub.blobs...)
+	p.manifests = append(append(p.manifests, sub.manifests...), planned{f: f, tags: tags})
+	return nil
+}
+
+// copyBlobs copies the blobs missing locally, a few at a time; the first
+// failure stops the rest.
+func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs []v1.Descriptor) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    gosync.WaitGroup
+		once  gosync.Once
+		first error
+		sem   = make(chan struct{}, blobWorkers)
+	)
+	for _, d := range blobs {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.copyBlob(ctx, u, src, d); err != nil {
+				once.Do(func() { first = err; cancel() })
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return context.Cause(ctx)
+}
+
+// copyBlob streams one blob from upstream into a local upload and commits
+// it under its digest, which the store verifies.
+func (s *Syncer) copyBlob(ctx context.Context, u *upstream, src source, d v1.Descriptor) error {
+	store := s.deps.Registry.Store()
+	if _, err := store.Stat(ctx, src.local, d.Digest); err == nil {
+		return nil
+	}
+	if err := storage.ValidateDigest(d.Digest); err != nil {
+		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
+	}
+	return u.retry(ctx, func() error {
+		resp, err := u.open(ctx, http.MethodGet, "/v2/"+src.upstream+"/blobs/"+d.Digest.String(), pullScope(src.upstream), "", http.StatusOK)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		up, err := store.NewUpload(ctx, src.local)
+		if err != nil {
+			return fmt.Errorf("start upload in %s: %w", src.local, err)
+		}
+		defer up.Close()
+		body := &readTracker{r: resp.Body}
+		var r io.Reader = body
+		if d.Size > 0 {
+			r = io.LimitReader(body, d.Size)
+		}
+		n, err := up.Append(ctx, r)
+		if err != nil {
+			_ = up.Cancel(context.WithoutCancel(ctx))
+			if body.err != nil {
+				return classifyTransportError(ctx, body.err)
+			}
+			return fmt.Errorf("store blob %s in %s: %w", d.Digest, src.local, err)
+		}
+		if _, err := up.Commit(ctx, d.Digest); err != nil {
+			_ = up.Cancel(context.WithoutCancel(ctx))
+			if errors.Is(err, storage.ErrDigestMismatch) || errors.Is(err, storage.ErrSizeMismatch) {
+				return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
+			}
+			return fmt.Errorf("commit blob %s in %s: %w", d.Digest, src.local, err)
+		}
+		s.deps.Registry.NoteBlob(ctx, src.local, d.Digest)
+		s.m.bytes.WithLabelValues(src.reg.label).Add(float64(n))
+		return nil
+	})
+}
+
+// readTracker remembers the error of the reader it wraps, to tell upstream
+// failures from local ones.
+type readTracker struct {
+	r   io.Reader
+	err error
+}
+
+func (t *readTracker) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF {
+		t.err = err
+	}
+	return n, err
+}
