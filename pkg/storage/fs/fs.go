@@ -28,7 +28,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,9 +42,9 @@ const (
 	uploadsDir = "_uploads"
 	tmpDir     = "_tmp"
 
-	layoutFile = "oci-layout"
-	indexFile  = "index.json"
-	blobsDir   = "blobs"
+	layoutFile = storage.LayoutFile
+	indexFile  = storage.IndexFile
+	blobsDir   = storage.BlobsDir
 	layoutJSON = `{"imageLayoutVersion":"1.0.0"}`
 
 	bufSize      = 256 << 10 // per Append, Mount copy and rehash
@@ -63,8 +62,7 @@ type Driver struct {
 	log  zerolog.Logger
 	bufs sync.Pool // *[]byte of bufSize
 
-	mu   sync.Mutex
-	busy map[string]struct{} // upload ids held by an open Upload
+	sessions storage.SessionLocks // upload ids held by an open Upload
 
 	index [indexStripes]sync.Mutex // serialises PutIndex per repository
 }
@@ -84,7 +82,6 @@ func New(root string, log zerolog.Logger) (*Driver, error) {
 	d := &Driver{
 		root: root,
 		log:  log.With().Str("component", "storage-fs").Logger(),
-		busy: make(map[string]struct{}),
 	}
 	d.bufs.New = func() any { b := make([]byte, bufSize); return &b }
 	d.cleanTemp(time.Now().Add(-staleTempAge))
@@ -259,33 +256,9 @@ func (d *Driver) repoDir(repo string) (string, error) {
 	return filepath.Join(d.root, filepath.FromSlash(repo)), nil
 }
 
-func validRepo(repo string) bool {
-	if repo == "" {
-		return false
-	}
-	for i, c := range strings.Split(repo, "/") {
-		if !validComponent(c, i == 0) {
-			return false
-		}
-	}
-	return true
-}
+func validRepo(repo string) bool { return storage.ValidRepoPath(repo) }
 
-// validComponent reports whether c may be a path component of a repository
-// name: [a-z0-9][a-z0-9._-]*, and not a layout name below the first level.
-func validComponent(c string, first bool) bool {
-	if c == "" || !isAlnum(c[0]) {
-		return false
-	}
-	for i := 1; i < len(c); i++ {
-		if b := c[i]; !isAlnum(b) && b != '.' && b != '_' && b != '-' {
-			return false
-		}
-	}
-	return first || (c != blobsDir && c != layoutFile && c != indexFile)
-}
-
-func isAlnum(b byte) bool { return 'a' <= b && b <= 'z' || '0' <= b && b <= '9' }
+func validComponent(c string, first bool) bool { return storage.ValidRepoComponent(c, first) }
 
 // ensureLayout creates repo's oci-layout file and blobs/<alg> directory
 // (only blobs/ when alg is empty) if missing.

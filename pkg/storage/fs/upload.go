@@ -195,21 +195,9 @@ func (d *Driver) readInfo(id string) (sessionInfo, error) {
 	return info, nil
 }
 
-func (d *Driver) acquire(id string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.busy[id]; ok {
-		return false
-	}
-	d.busy[id] = struct{}{}
-	return true
-}
+func (d *Driver) acquire(id string) bool { return d.sessions.Acquire(id) }
 
-func (d *Driver) release(id string) {
-	d.mu.Lock()
-	delete(d.busy, id)
-	d.mu.Unlock()
-}
+func (d *Driver) release(id string) { d.sessions.Release(id) }
 
 // openSession opens the data file of a held session and restores the
 // running hash: from hashstate when it describes a prefix of the data

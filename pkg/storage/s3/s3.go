@@ -97,9 +97,9 @@ var ErrUnavailable = storage.ErrUnavailable
 
 const (
 	uploadsDir = "_uploads"
-	layoutFile = "oci-layout"
-	indexFile  = "index.json"
-	blobsDir   = "blobs"
+	layoutFile = storage.LayoutFile
+	indexFile  = storage.IndexFile
+	blobsDir   = storage.BlobsDir
 	layoutJSON = `{"imageLayoutVersion":"1.0.0"}`
 
 	// DefaultPartSize is the multipart part size when Config.PartSize is 0.
@@ -158,9 +158,8 @@ type Driver struct {
 	// parts of copyPart. Fields so that tests can lower them.
 	maxCopy, copyPart int64
 
-	mu      sync.Mutex
-	busy    map[string]struct{} // upload ids held by an open Upload
-	layouts sync.Map            // repo -> struct{}: oci-layout known to exist
+	sessions storage.SessionLocks // upload ids held by an open Upload
+	layouts  sync.Map             // repo -> struct{}: oci-layout known to exist
 }
 
 // New connects to the bucket, creating it if missing.
@@ -242,7 +241,6 @@ func newDriver(ctx context.Context, cfg Config, log zerolog.Logger, backoff time
 		log:      log,
 		maxCopy:  5 << 30,
 		copyPart: 1 << 30,
-		busy:     make(map[string]struct{}),
 	}
 	d.bufs.New = func() any { b := make([]byte, d.partSize); return &b }
 	if err := d.ensureBucket(ctx); err != nil {
@@ -294,33 +292,9 @@ func checkRepo(repo string) error {
 	return nil
 }
 
-func validRepo(repo string) bool {
-	if repo == "" {
-		return false
-	}
-	for i, c := range strings.Split(repo, "/") {
-		if !validComponent(c, i == 0) {
-			return false
-		}
-	}
-	return true
-}
+func validRepo(repo string) bool { return storage.ValidRepoPath(repo) }
 
-// validComponent reports whether c may be a path component of a repository
-// name: [a-z0-9][a-z0-9._-]*, and not a layout name below the first level.
-func validComponent(c string, first bool) bool {
-	if c == "" || !isAlnum(c[0]) {
-		return false
-	}
-	for i := 1; i < len(c); i++ {
-		if b := c[i]; !isAlnum(b) && b != '.' && b != '_' && b != '-' {
-			return false
-		}
-	}
-	return first || (c != blobsDir && c != layoutFile && c != indexFile)
-}
-
-func isAlnum(b byte) bool { return 'a' <= b && b <= 'z' || '0' <= b && b <= '9' }
+func validComponent(c string, first bool) bool { return storage.ValidRepoComponent(c, first) }
 
 // ensureLayout writes repo's oci-layout file unless it exists.
 func (d *Driver) ensureLayout(ctx context.Context, repo string) error {
@@ -383,25 +357,8 @@ func (d *Driver) readSmall(ctx context.Context, key string) ([]byte, string, err
 
 func (d *Driver) getBuf() *[]byte { return d.bufs.Get().(*[]byte) }
 
-func (d *Driver) acquire(id string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.busy[id]; ok {
-		return false
-	}
-	d.busy[id] = struct{}{}
-	return true
-}
+func (d *Driver) acquire(id string) bool { return d.sessions.Acquire(id) }
 
-func (d *Driver) release(id string) {
-	d.mu.Lock()
-	delete(d.busy, id)
-	d.mu.Unlock()
-}
+func (d *Driver) release(id string) { d.sessions.Release(id) }
 
-func (d *Driver) held(id string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_, ok := d.busy[id]
-	return ok
-}
+func (d *Driver) held(id string) bool { return d.sessions.Held(id) }
