@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/berthreg/berth/internal/reqinfo"
 	"github.com/berthreg/berth/pkg/registry"
 )
 
@@ -133,8 +134,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		lg = lg.Str("member", s.opts.Member)
 	}
 	base := lg.Logger()
-	r = r.WithContext(base.WithContext(r.Context()))
-	logger := zerolog.Ctx(r.Context()) // the cluster router may add the owner
+	ctx, info := reqinfo.With(base.WithContext(r.Context()))
+	r = r.WithContext(ctx)
+	logger := zerolog.Ctx(r.Context())
 	cw := &countingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	r.Body = body
@@ -157,6 +159,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev := logger.Info()
 		if rt.Kind == kindNone {
 			ev = logger.Debug()
+		}
+		if o := info.Owner(); o != "" {
+			ev = ev.Str("owner", o)
 		}
 		ev.Int("status", status).Int64("bytes_in", body.n).Int64("bytes_out", cw.n).
 			Dur("dur", dur).Msg("request")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/internal/reqinfo"
 )
 
 // Options configures a Router.
@@ -238,12 +241,15 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 		if !rt.health.up(m) {
 			continue
 		}
+		if g, ok := r.Body.(*guardBody); !ok && r.Body != nil && r.Body != http.NoBody {
+			r.Body = &guardBody{ReadCloser: r.Body}
+		} else if ok {
+			r.Body = g
+		}
 		ctx := context.WithValue(r.Context(), keyRepo, repo)
 		ctx = context.WithValue(ctx, keyFailed, new(bool))
 		ctx = context.WithValue(ctx, keyFailover, i > 0)
-		if attempt, _ := r.Context().Value(keyAttempt).(int); attempt == 0 && log.GetLevel() != zerolog.Disabled {
-			log.UpdateContext(func(c zerolog.Context) zerolog.Context { return c.Str("owner", m) })
-		}
+		reqinfo.SetOwner(r.Context(), m)
 		v.proxies[m].ServeHTTP(w, r.WithContext(ctx))
 		if failed, _ := ctx.Value(keyFailed).(*bool); failed == nil || !*failed {
 			rt.forwarded.WithLabelValues(m, "ok").Inc()
@@ -297,13 +303,19 @@ func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member st
 	if unreachable(err) {
 		rt.health.markDown(member)
 		attempt, _ := r.Context().Value(keyAttempt).(int)
-		noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
-		if repo, ok := r.Context().Value(keyRepo).(string); ok && noBody && attempt < len(rt.Ring().Members()) {
+		// Nothing reached the peer; a body nobody has read yet can go to the
+		// next member as it is.
+		unread := true
+		if g, ok := r.Body.(*guardBody); ok {
+			unread = !g.read.Load()
+		}
+		if repo, ok := r.Context().Value(keyRepo).(string); ok && unread && attempt < len(rt.Ring().Members()) {
 			log.Info().Str("peer", member).Msg("retrying on the next member")
 			ctx := context.WithValue(r.Context(), keyAttempt, attempt+1)
 			r = r.WithContext(ctx)
 			if !rt.Forward(w, r, repo, nil) {
 				// This member is next in line: hand back to the local handler.
+				reqinfo.SetOwner(r.Context(), "")
 				if h, ok := r.Context().Value(localKey{}).(http.Handler); ok {
 					h.ServeHTTP(w, r)
 					return
@@ -315,6 +327,24 @@ func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member st
 	}
 	writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the member that owns this repository is unreachable", 1)
 }
+
+// guardBody wraps a forwarded request's body: the transport closes the body
+// when a dial fails, and a retry needs it open and unread. Close is left to
+// the HTTP server, which closes the real body when the handler returns.
+type guardBody struct {
+	io.ReadCloser
+	read atomic.Bool
+}
+
+func (g *guardBody) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if n > 0 {
+		g.read.Store(true)
+	}
+	return n, err
+}
+
+func (g *guardBody) Close() error { return nil }
 
 // localKey carries the local handler for proxyError's fallback.
 type localKey struct{}

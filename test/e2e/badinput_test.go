@@ -10,9 +10,16 @@ import (
 )
 
 // TestBadInput sends malformed requests by raw HTTP: each gets the right
-// status and OCI error code as JSON, and leaves storage unchanged.
+// status and OCI error code as JSON, and leaves storage unchanged (the files
+// under the storage root, or on s3 the bucket's keys as versitygw's posix
+// directory shows them, minus _uploads; and the catalog and tags as the API
+// shows them).
 func TestBadInput(t *testing.T) {
-	r := startRegistry(t, regOpts{})
+	forEachBackend(t, testBadInput)
+}
+
+func testBadInput(t *testing.T, be string) {
+	r := startRegistry(t, regOpts{Backend: be})
 	const repo = "bad/input"
 	goodDigest, _ := r.pushImage(t, repo, "v1")
 	configBlob := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
@@ -30,7 +37,8 @@ func TestBadInput(t *testing.T) {
 	}
 	session = r.location(t, res)
 
-	base := snapshot(t, r.Root)
+	base := snapshot(t, r.StorageRoot())
+	baseAPI := apiState(t, r, repo)
 	check := func(t *testing.T, res *resp, status int, code string) {
 		t.Helper()
 		if res.Status != status {
@@ -39,8 +47,11 @@ func TestBadInput(t *testing.T) {
 		if code != "" {
 			requireErrorCode(t, res, code)
 		}
-		if d := diffSnapshots(base, snapshot(t, r.Root)); d != "" {
+		if d := diffSnapshots(base, snapshot(t, r.StorageRoot())); d != "" {
 			t.Errorf("storage changed by a rejected request:\n%s", d)
+		}
+		if got := apiState(t, r, repo); got != baseAPI {
+			t.Errorf("catalog or tags changed by a rejected request:\nbefore: %s\nafter:  %s", baseAPI, got)
 		}
 	}
 
@@ -165,7 +176,21 @@ func TestBadInput(t *testing.T) {
 	if res := r.do(t, "GET", "/v2/"+repo+"/manifests/v1", map[string]string{"Accept": mtManifest}, nil); res.Status != 200 || sha256Digest(res.Body) != goodDigest {
 		t.Errorf("GET v1 after the bad requests: %s", res)
 	}
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
+}
+
+// apiState is the catalog and the tags of repos as the registry lists them.
+func apiState(t *testing.T, r *reg, repos ...string) string {
+	t.Helper()
+	res := r.do(t, "GET", "/v2/_catalog", nil, nil)
+	if res.Status != 200 {
+		t.Fatalf("GET /v2/_catalog: %s", res)
+	}
+	out := "catalog " + string(res.Body)
+	for _, repo := range repos {
+		out += fmt.Sprintf(" | %s tags %q", repo, sorted(listTags(t, r, repo)))
+	}
+	return out
 }
 
 // requireErrorCode checks an OCI error response: Content-Type JSON and a

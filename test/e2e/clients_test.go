@@ -9,11 +9,15 @@ import (
 	"testing"
 )
 
-// TestClients drives one registry with crane, skopeo, oras and regctl.
-// The parent builds a 3-layer image with crane; subtests use it.
+// TestClients drives one registry with crane, skopeo, oras and regctl, on
+// each backend. The parent builds a 3-layer image with crane; subtests use it.
 func TestClients(t *testing.T) {
+	forEachBackend(t, testClients)
+}
+
+func testClients(t *testing.T, be string) {
 	crane := tool(t, "crane")
-	r := startRegistry(t, regOpts{})
+	r := startRegistry(t, regOpts{Backend: be})
 	work := t.TempDir()
 	var layers []string
 	for i, n := range []int{1 << 10, 300 << 10, 2 << 20} {
@@ -104,6 +108,17 @@ func TestClients(t *testing.T) {
 		}
 		if !slices.Equal(lt.Tags, []string{"v1"}) {
 			t.Errorf("skopeo list-tags: %q, want [v1]", lt.Tags)
+		}
+		if be != backendFS {
+			// The bucket holds an OCI image layout per repository under
+			// the prefix: check the keys by listing versitygw's posix dir.
+			layers := make([]string, len(man.Layers))
+			for i, l := range man.Layers {
+				layers[i] = l.Digest
+			}
+			requireLayout(t, r.StorageRoot(), "skopeo/a", "v1", baseDigest, layers...)
+			requireLayout(t, r.StorageRoot(), "clients/base", "v1", baseDigest, layers...)
+			return
 		}
 		// The storage root is an OCI image layout per repository: skopeo
 		// reads it directly.
@@ -324,7 +339,7 @@ func TestClients(t *testing.T) {
 		}
 	})
 
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
 }
 
 func sorted(s []string) []string {

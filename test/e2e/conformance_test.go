@@ -89,22 +89,33 @@ type junitResult struct {
 }
 
 func TestConformance(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be string) {
+		r := startRegistry(t, regOpts{Backend: be})
+		runConformance(t, r.Host, "conformance/repo1", "conformance/repo2")
+	})
+}
+
+// runConformance runs the OCI conformance tool against host with every API
+// and data set enabled and requires 0 failures, errors and skips.
+func runConformance(t *testing.T, host, repo1, repo2 string) {
+	t.Helper()
+	start := time.Now()
 	bin := tool(t, "conformance")
-	r := startRegistry(t, regOpts{})
 	work := t.TempDir()
 	results := filepath.Join(work, "results")
 	env := append(clientEnv(t),
-		"OCI_REGISTRY="+r.Host,
+		"OCI_REGISTRY="+host,
 		"OCI_TLS=disabled",
-		"OCI_REPO1=conformance/repo1",
-		"OCI_REPO2=conformance/repo2",
+		"OCI_REPO1="+repo1,
+		"OCI_REPO2="+repo2,
 		"OCI_RESULTS_DIR="+results,
 	)
 	env = append(env, conformanceEnv...)
 	// The exit status is not the verdict (it can be 0 on failures, and is 1
 	// on any failure): junit.xml is.
 	res := execCmd(context.Background(), env, work, 5*time.Minute, bin)
-	t.Logf("conformance exited: %v", res.Err)
+	t.Logf("conformance against %s (%s, %s) exited after %s: %v", host, repo1, repo2,
+		time.Since(start).Round(time.Millisecond), res.Err)
 
 	raw, err := os.ReadFile(filepath.Join(results, "junit.xml"))
 	if err != nil {
@@ -151,14 +162,14 @@ func TestConformance(t *testing.T) {
 		tests, failures, errs, skipped, disabled = js.Tests, js.Failures, js.Errors, js.Skipped, js.Disabled
 	}
 	passed := tests - failures - errs - skipped - disabled
-	t.Logf("conformance: %d/%d passed (failures %d, errors %d, skipped %d, disabled %d)",
-		passed, tests, failures, errs, skipped, disabled)
+	t.Logf("conformance against %s: %d/%d passed (failures %d, errors %d, skipped %d, disabled %d)",
+		host, passed, tests, failures, errs, skipped, disabled)
 	if tests == 0 || failures != 0 || errs != 0 || skipped != 0 {
 		if len(bad) > 80 {
 			bad = append(bad[:80], fmt.Sprintf("... and %d more", len(bad)-80))
 		}
-		t.Errorf("conformance not clean: tests=%d failures=%d errors=%d skipped=%d\n%s\n\ntool summary:\n%s",
-			tests, failures, errs, skipped, strings.Join(bad, "\n"), tailString(res.Stdout, 60))
+		t.Errorf("conformance against %s not clean: tests=%d failures=%d errors=%d skipped=%d\n%s\n\ntool summary:\n%s",
+			host, tests, failures, errs, skipped, strings.Join(bad, "\n"), tailString(res.Stdout, 60))
 		keepResults(t, results)
 	}
 }

@@ -24,9 +24,11 @@ import (
 // and checks that, after a restart, everything acknowledged is intact and
 // nothing partial is visible.
 func TestCrashSafety(t *testing.T) {
-	t.Run("upload", testCrashUpload)
-	t.Run("crane-pushes", testCrashCranePushes)
-	t.Run("manifest-puts", testCrashManifestPuts)
+	forEachBackend(t, func(t *testing.T, be string) {
+		t.Run("upload", func(t *testing.T) { testCrashUpload(t, be) })
+		t.Run("crane-pushes", func(t *testing.T) { testCrashCranePushes(t, be) })
+		t.Run("manifest-puts", func(t *testing.T) { testCrashManifestPuts(t, be) })
+	})
 }
 
 // killingReader serves data and, once killAt bytes were handed out, kills
@@ -48,8 +50,9 @@ func (k *killingReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func testCrashUpload(t *testing.T) {
-	r := startRegistry(t, regOpts{})
+func testCrashUpload(t *testing.T, be string) {
+	defer timed(t)()
+	r := startRegistry(t, regOpts{Backend: be})
 	const repo = "crash/upload"
 	const size = 256 << 20
 	data := make([]byte, size)
@@ -57,7 +60,7 @@ func testCrashUpload(t *testing.T) {
 	_, _ = rand.NewChaCha8(seed).Read(data)
 	sum := sha256.Sum256(data)
 	dgst := "sha256:" + hex.EncodeToString(sum[:])
-	blobPath := filepath.Join(r.Root, repo, "blobs", "sha256", hex.EncodeToString(sum[:]))
+	blobPath := filepath.Join(r.StorageRoot(), repo, "blobs", "sha256", hex.EncodeToString(sum[:]))
 
 	res := r.do(t, "POST", "/v2/"+repo+"/blobs/uploads/", nil, nil)
 	if res.Status != http.StatusAccepted {
@@ -81,7 +84,7 @@ func testCrashUpload(t *testing.T) {
 	if _, err := os.Stat(blobPath); !os.IsNotExist(err) {
 		t.Errorf("after the kill, the blob file exists: %v", err)
 	}
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
 
 	r.Restart()
 	if res := r.do(t, "HEAD", "/v2/"+repo+"/blobs/"+dgst, nil, nil); res.Status != 404 {
@@ -129,7 +132,7 @@ func testCrashUpload(t *testing.T) {
 	if err != nil || n != size || "sha256:"+hex.EncodeToString(h.Sum(nil)) != dgst {
 		t.Errorf("GET finished blob: %d bytes, err %v, digest %x", n, err, h.Sum(nil))
 	}
-	if blobs := requireStorageOK(t, r.Root); blobs != 1 {
+	if blobs := requireStorageOK(t, r.StorageRoot()); blobs != 1 {
 		t.Errorf("storage holds %d blob files, want exactly the one finished blob", blobs)
 	}
 }
@@ -156,9 +159,10 @@ type push struct {
 	out    string
 }
 
-func testCrashCranePushes(t *testing.T) {
+func testCrashCranePushes(t *testing.T, be string) {
+	defer timed(t)()
 	crane := tool(t, "crane")
-	r := startRegistry(t, regOpts{})
+	r := startRegistry(t, regOpts{Backend: be})
 	env := clientEnv(t)
 	dir := t.TempDir()
 	const n = 50
@@ -203,10 +207,10 @@ func testCrashCranePushes(t *testing.T) {
 		}
 	}
 	t.Logf("killed after %d completed pushes; %d of %d pushes exited 0", killAfter, ok, len(pushes))
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
 
 	r.Restart()
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
 	repos := map[string]bool{}
 	for _, p := range pushes {
 		if !p.ok {
@@ -246,8 +250,9 @@ func testCrashCranePushes(t *testing.T) {
 
 type ack struct{ tag, digest string }
 
-func testCrashManifestPuts(t *testing.T) {
-	r := startRegistry(t, regOpts{})
+func testCrashManifestPuts(t *testing.T, be string) {
+	defer timed(t)()
+	r := startRegistry(t, regOpts{Backend: be})
 	const repo = "crash/manifests"
 	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
 	layer := randBytes(t, 4096)
@@ -296,10 +301,10 @@ func testCrashManifestPuts(t *testing.T) {
 	r.Kill9()
 	wg.Wait()
 	t.Logf("killed during manifest PUTs: %d acknowledged, %d started", len(acks), next.Load())
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
 
 	r.Restart()
-	requireStorageOK(t, r.Root)
+	requireStorageOK(t, r.StorageRoot())
 	for _, a := range acks {
 		for _, ref := range []string{a.tag, a.digest} {
 			res := r.do(t, "GET", "/v2/"+repo+"/manifests/"+ref, map[string]string{"Accept": mtManifest}, nil)

@@ -61,25 +61,36 @@ func mainWithBuild(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/registry failed: %v\n%s", err, out)
 		return 1
 	}
+	defer stopSharedServers()
 	return m.Run()
 }
 
 // regOpts tunes startRegistry.
 type regOpts struct {
+	// Backend is backendFS (default) or backendS3Dynamo; ignored when
+	// Store is set.
+	Backend string
+	// Store, when set, is shared storage (cluster members share one).
+	Store *store
+	// Addr and Port to listen on (default 127.0.0.1 and a free port).
+	Addr string
+	Port int
 	// Extra top-level config keys merged into the generated config
-	// (e.g. "extensions").
+	// (e.g. "extensions", "cluster").
 	Extra map[string]any
 }
 
-// reg is one running registry process with its own storage root.
+// reg is one running registry process with its own local root.
 type reg struct {
 	t       *testing.T
 	Dir     string // temp dir holding config, logs, data
 	Root    string // storage.rootDirectory
 	LogPath string // JSON log file
+	Addr    string // listen IP
 	Port    int
-	Host    string // 127.0.0.1:PORT
-	URL     string // http://127.0.0.1:PORT
+	Host    string // ADDR:PORT
+	URL     string // http://ADDR:PORT
+	Store   *store
 	cfgPath string
 
 	mu   sync.Mutex
@@ -87,18 +98,40 @@ type reg struct {
 	done chan struct{}
 }
 
-// startRegistry starts the registry on a free loopback port with a fresh
-// storage root; it is killed when the test ends.
+// startRegistry starts the registry on a free loopback port with fresh
+// storage; it is killed when the test ends.
 func startRegistry(t *testing.T, opts regOpts) *reg {
 	t.Helper()
+	r := newRegistry(t, opts)
+	r.start()
+	return r
+}
+
+// newRegistry writes the configuration of a registry without starting it.
+func newRegistry(t *testing.T, opts regOpts) *reg {
+	t.Helper()
 	dir := t.TempDir()
-	r := &reg{t: t, Dir: dir, Root: filepath.Join(dir, "data"), LogPath: filepath.Join(dir, "registry.log")}
-	r.Port = freePort(t)
-	r.Host = fmt.Sprintf("127.0.0.1:%d", r.Port)
+	if opts.Store == nil {
+		be := opts.Backend
+		if be == "" {
+			be = backendFS
+		}
+		opts.Store = newStore(t, be)
+	}
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1"
+	}
+	r := &reg{t: t, Dir: dir, Root: filepath.Join(dir, "data"), LogPath: filepath.Join(dir, "registry.log"),
+		Addr: opts.Addr, Store: opts.Store}
+	r.Port = opts.Port
+	if r.Port == 0 {
+		r.Port = freePort(t)
+	}
+	r.Host = fmt.Sprintf("%s:%d", r.Addr, r.Port)
 	r.URL = "http://" + r.Host
 	cfg := map[string]any{
-		"http":    map[string]any{"address": "127.0.0.1", "port": fmt.Sprint(r.Port)},
-		"storage": map[string]any{"rootDirectory": r.Root},
+		"http":    map[string]any{"address": r.Addr, "port": fmt.Sprint(r.Port)},
+		"storage": opts.Store.config(r.Root),
 		"log":     map[string]any{"level": "debug", "output": r.LogPath},
 	}
 	for k, v := range opts.Extra {
@@ -115,12 +148,15 @@ func startRegistry(t *testing.T, opts regOpts) *reg {
 	t.Cleanup(func() {
 		r.stop()
 		if t.Failed() {
-			t.Logf("registry log tail (%s):\n%s", r.LogPath, tailFile(r.LogPath, 30))
+			t.Logf("registry %s log tail (%s):\n%s", r.Host, r.LogPath, tailFile(r.LogPath, 30))
 		}
 	})
-	r.start()
 	return r
 }
+
+// StorageRoot is the directory holding the repositories' OCI layouts (on
+// s3: the bucket prefix in versitygw's posix directory).
+func (r *reg) StorageRoot() string { return r.Store.repoRoot(r.Root) }
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -139,8 +175,9 @@ func (r *reg) start() {
 		r.t.Fatal(err)
 	}
 	cmd := exec.Command(registryBin, "serve", r.cfgPath)
+	cmd.Env = append(os.Environ(), r.Store.env()...)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		stderr.Close()
 		r.t.Fatalf("start registry: %v", err)

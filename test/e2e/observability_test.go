@@ -13,7 +13,11 @@ import (
 
 // TestLogsAndMetrics checks the access log, /metrics and /livez after a push.
 func TestLogsAndMetrics(t *testing.T) {
-	r := startRegistry(t, regOpts{Extra: map[string]any{
+	forEachBackend(t, testLogsAndMetrics)
+}
+
+func testLogsAndMetrics(t *testing.T, be string) {
+	r := startRegistry(t, regOpts{Backend: be, Extra: map[string]any{
 		"extensions": map[string]any{"metrics": map[string]any{"enable": true, "prometheus": map[string]any{"path": "/metrics"}}},
 	}})
 	const repo = "obs/img"
