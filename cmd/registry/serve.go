@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/api"
+	"github.com/berthreg/berth/pkg/auth"
 	"github.com/berthreg/berth/pkg/cluster"
 	"github.com/berthreg/berth/pkg/config"
 	"github.com/berthreg/berth/pkg/gc"
@@ -119,6 +120,17 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		metricsPath = cfg.Extensions.Metrics.Prometheus.Path
 	}
 	opts := api.Options{Log: log, Metrics: promReg, MetricsPath: metricsPath}
+	if cfg.HTTP.AuthEnabled() {
+		az, err := auth.New(auth.Options{
+			Auth:          cfg.HTTP.Auth,
+			AccessControl: cfg.HTTP.AccessControl,
+			Log:           log.With().Str("component", "auth").Logger(),
+		})
+		if err != nil {
+			return err
+		}
+		opts.Auth = az
+	}
 	if cfg.Extensions.SyncEnabled() {
 		syncer, err := newSyncer(cfg, router, reg, promReg, log)
 		if err != nil {

@@ -75,6 +75,11 @@ func (s *Server) mount(r *http.Request, repo, from string, dgst digest.Digest) b
 	if from == repo || !registry.ValidName(from) {
 		return false
 	}
+	// A mount reads from: only from a repository the caller may read.
+	if s.opts.Auth != nil && len(s.opts.Auth.FilterRepos(r, []string{from})) == 0 {
+		log.Debug().Str("from", from).Str("digest", dgst.String()).Msg("mount refused: the caller may not read the source")
+		return false
+	}
 	if err := s.reg.Store().Mount(ctx, from, repo, dgst); err != nil {
 		log.Debug().Err(err).Str("from", from).Str("digest", dgst.String()).Msg("mount failed")
 		return false

@@ -50,7 +50,7 @@ func Default() *Config {
 // default, nil *bool switches, and the defaults inside optional blocks that
 // are present (sync, metrics, retention, s3, dynamodb); retention.delay 0
 // becomes storage.gcDelay, as in zot. It lower-cases
-// log.level. Durations are left alone, since zero is a meaningful value;
+// log.level and the actions of http.accessControl. Durations are left alone, since zero is a meaningful value;
 // Default() carries their defaults, and Parse decodes on top of it.
 func (c *Config) SetDefaults() {
 	if c.DistSpecVersion == "" {
@@ -64,6 +64,9 @@ func (c *Config) SetDefaults() {
 		c.Log.Level = DefaultLogLevel
 	}
 	c.Storage.setDefaults()
+	if a := c.HTTP.AccessControl; a != nil {
+		a.setDefaults()
+	}
 	if e := c.Extensions; e != nil {
 		e.setDefaults()
 	}

@@ -35,8 +35,12 @@ func TestExamples(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "tls"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"server.crt", "server.key", "client.crt", "client.key", "ca.crt"} {
-		if err := os.WriteFile(filepath.Join(dir, "tls", name), []byte("placeholder"), 0o600); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, "auth"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"tls/server.crt", "tls/server.key", "tls/client.crt", "tls/client.key", "tls/ca.crt",
+		"auth/htpasswd", "auth/token.crt"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("placeholder"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -58,11 +62,18 @@ func TestExamples(t *testing.T) {
 }
 
 // TestExamplesCoverEveryKey checks that every key of the schema is set in
-// at least one example file.
+// at least one example file. The values of maps of objects
+// (http.accessControl.repositories) count under the key "{}".
 func TestExamplesCoverEveryKey(t *testing.T) {
 	t.Parallel()
 	want := map[string]bool{}
 	schemaPaths(reflect.TypeFor[Config](), "", want)
+	maps := map[string]bool{}
+	for p := range want {
+		if strings.HasSuffix(p, "{}") {
+			maps[strings.TrimSuffix(p, "{}")] = true
+		}
+	}
 	seen := map[string]bool{}
 	for _, f := range exampleFiles(t) {
 		data, err := os.ReadFile(f)
@@ -77,7 +88,7 @@ func TestExamplesCoverEveryKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
-		documentPaths(raw, "", seen)
+		documentPaths(raw, "", maps, seen)
 	}
 	var missing []string
 	for p := range want {
@@ -92,7 +103,7 @@ func TestExamplesCoverEveryKey(t *testing.T) {
 }
 
 // schemaPaths records the path of every JSON key of struct type t, with
-// "[]" for list elements.
+// "[]" for list elements and "{}" for the values of a map of objects.
 func schemaPaths(t reflect.Type, prefix string, out map[string]bool) {
 	for _, f := range jsonFields(t) {
 		p := join(prefix, f.name)
@@ -107,22 +118,29 @@ func schemaPaths(t reflect.Type, prefix string, out map[string]bool) {
 			schemaPaths(ft, p, out)
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			schemaPaths(ft.Elem(), p+"[]", out)
+		case ft.Kind() == reflect.Map && ft.Elem().Kind() == reflect.Struct:
+			out[p+"{}"] = true
+			schemaPaths(ft.Elem(), p+"{}", out)
 		}
 	}
 }
 
-// documentPaths records the path of every key of a decoded document.
-func documentPaths(v any, prefix string, out map[string]bool) {
+// documentPaths records the path of every key of a decoded document; the
+// keys of the objects at the paths in maps become "{}".
+func documentPaths(v any, prefix string, maps, out map[string]bool) {
 	switch x := v.(type) {
 	case map[string]any:
 		for k, child := range x {
 			p := join(prefix, k)
+			if maps[prefix] {
+				p = prefix + "{}"
+			}
 			out[p] = true
-			documentPaths(child, p, out)
+			documentPaths(child, p, maps, out)
 		}
 	case []any:
 		for _, el := range x {
-			documentPaths(el, prefix+"[]", out)
+			documentPaths(el, prefix+"[]", maps, out)
 		}
 	}
 }

@@ -19,7 +19,7 @@ var durationType = reflect.TypeFor[Duration]()
 // drops unknown keys and values of the wrong type (an error), and coerces
 // the weak types zot accepts (a number where a string is expected, "true"
 // for a boolean, "10" for an integer). Lists of objects are walked element
-// by element; maps are opaque.
+// by element, maps of objects value by value; other maps are opaque.
 type walker struct {
 	errs     []error
 	warnings []string
@@ -113,7 +113,28 @@ func (w *walker) value(t reflect.Type, v any, path, pattern string) (any, bool) 
 		}
 		return list, all
 	case reflect.Map:
-		return v, true
+		// A map of objects (http.accessControl.repositories, groups) has
+		// free-form keys; its values are walked like any object, under
+		// `path["key"]`.
+		et := t.Elem()
+		for et.Kind() == reflect.Pointer {
+			et = et.Elem()
+		}
+		if et.Kind() != reflect.Struct {
+			return v, true
+		}
+		m, ok := v.(map[string]any)
+		if !ok {
+			w.fail(path, "must be an object, got %s", jsonKind(v))
+			return nil, false
+		}
+		all := true
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			nv, ok := w.value(t.Elem(), m[k], fmt.Sprintf("%s[%q]", path, k), pattern+"{}")
+			m[k] = nv
+			all = all && ok
+		}
+		return m, all
 	case reflect.String:
 		switch x := v.(type) {
 		case string:

@@ -208,8 +208,9 @@ func TestParseZotKnownKeysWarn(t *testing.T) {
 		doc  string
 		want string
 	}{
-		{`{"http": {"auth": {"htpasswd": {"path": "x"}}}}`, "http.auth: known zot option not supported yet; ignored"},
-		{`{"http": {"accessControl": {}}}`, "http.accessControl: known zot option"},
+		{`{"http": {"auth": {"bearer": {"realm": "https://a/t", "service": "s", "cert": "load_test.go"}, "ldap": {"address": "x"}}}}`,
+			"http.auth.ldap: known zot option not supported yet; ignored"},
+		{`{"http": {"accessControl": {"metrics": {"users": ["m"]}}}}`, "http.accessControl.metrics: known zot option"},
 		{`{"http": {"Realm": "zot"}}`, "http.Realm: known zot option"},
 		{`{"http": {"externalUrl": "https://r"}}`, "http.externalUrl: known zot option"},
 		{`{"storage": {"subPaths": {"/a": {"rootDirectory": "/b"}}}}`, "storage.subPaths: known zot option"},

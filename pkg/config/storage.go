@@ -69,9 +69,8 @@ type RetentionPolicy struct {
 	DeleteReferrers bool `json:"deleteReferrers"`
 	// DeleteUntagged deletes manifests no tag points to. Default true.
 	DeleteUntagged *bool `json:"deleteUntagged,omitempty"`
-	// KeepTags decides which tags stay. A tag is judged by the first entry
-	// whose Patterns match it and is deleted when none does. Empty keeps
-	// every tag.
+	// KeepTags decides which tags stay: a tag is kept when any entry keeps
+	// it and deleted when none does. Empty keeps every tag.
 	KeepTags []KeepTagsPolicy `json:"keepTags"`
 }
 

@@ -40,6 +40,12 @@ type HTTPConfig struct {
 	Port string `json:"port"`
 	// TLS turns on HTTPS when Cert and Key are set. Nil means plain HTTP.
 	TLS *TLSConfig `json:"tls,omitempty"`
+	// Auth authenticates callers. Nil means every caller is anonymous.
+	Auth *AuthConfig `json:"auth,omitempty"`
+	// AccessControl authorises callers per repository. Nil with Auth set
+	// means any authenticated caller may do everything and anonymous
+	// callers nothing; nil without Auth means no checks at all.
+	AccessControl *AccessControlConfig `json:"accessControl,omitempty"`
 }
 
 // TLSConfig names PEM files. For http.tls, Cert and Key are the server
@@ -81,6 +87,12 @@ type ClusterConfig struct {
 // joined as host:port (":5000" when the address is empty).
 func (c *Config) ListenAddr() string {
 	return net.JoinHostPort(c.HTTP.Address, c.HTTP.Port)
+}
+
+// AuthEnabled reports whether requests go through authentication or access
+// control (http.auth or http.accessControl is set).
+func (h HTTPConfig) AuthEnabled() bool {
+	return h.Auth != nil || h.AccessControl != nil
 }
 
 // TLSEnabled reports whether the server serves HTTPS.

@@ -63,6 +63,12 @@ func (h HTTPConfig) check(p *problems) {
 	if h.TLS != nil {
 		h.TLS.check(p, "http.tls")
 	}
+	if h.Auth != nil {
+		h.Auth.check(p)
+	}
+	if h.AccessControl != nil {
+		h.AccessControl.check(p)
+	}
 }
 
 // check validates a TLS block: cert and key go together, and every file

@@ -13,14 +13,25 @@ var zotKnown = []string{
 	"scheduler",
 
 	// http
-	"http.auth",
-	"http.accessControl",
 	"http.realm",
 	"http.ratelimit",
 	"http.compat",
 	"http.externalUrl",
 	"http.allowOrigin",
 	"http.readOnly",
+
+	// http.auth: methods other than htpasswd and bearer, and the session
+	// settings of zot's UI logins. An auth block left with no method is an
+	// error (see AuthConfig).
+	"http.auth.ldap",
+	"http.auth.openid",
+	"http.auth.apikey",
+	"http.auth.sessionKeysFile",
+	"http.auth.sessionDriver",
+	"http.auth.secureSession",
+
+	// http.accessControl
+	"http.accessControl.metrics",
 
 	// storage
 	"storage.subPaths",

@@ -191,10 +191,16 @@ func (c *Collector) collectUploads(ctx context.Context, only string, rep *Report
 
 func (c *Collector) record(rep *Report, a Action) {
 	rep.Actions = append(rep.Actions, a)
-	rep.Bytes += a.Size
-	c.metrics.removed.WithLabelValues(a.Kind).Inc()
+	// Bytes are what storage loses: blobs (a manifest's content is a blob
+	// too, counted when that blob goes).
 	if a.Kind == "blob" {
-		c.metrics.bytes.Add(float64(a.Size))
+		rep.Bytes += a.Size
+	}
+	if !c.opts.DryRun {
+		c.metrics.removed.WithLabelValues(a.Kind).Inc()
+		if a.Kind == "blob" {
+			c.metrics.bytes.Add(float64(a.Size))
+		}
 	}
 	verb := "removed"
 	if c.opts.DryRun {

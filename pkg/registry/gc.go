@@ -198,7 +198,7 @@ func (r *Registry) DeleteUnreachable(ctx context.Context, repo string, dgst dige
 		return false, err
 	}
 	_, err = r.meta.DeleteManifest(ctx, repo, dgst.String(), ver)
-	if err != nil && !errors.Is(err, ErrManifestUnknown) {
+	if err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return true, fmt.Errorf("forget manifest %s: %w", dgst, err)
 	}
 	return true, nil

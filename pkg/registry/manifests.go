@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -72,38 +71,46 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 	if err != nil {
 		return PutResult{}, err
 	}
-	// The commit must not be torn by a client hanging up. Blobs are checked
-	// under the repository lock, which garbage collection also takes.
+	// The commit must not be torn by a client hanging up.
 	ctx = context.WithoutCancel(ctx)
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
-	for _, d := range append(append([]v1.Descriptor{}, p.blobs...), p.children...) {
-		if _, err := r.store.Stat(ctx, repo, d.Digest); err != nil {
-			if errors.Is(err, storage.ErrBlobUnknown) {
-				return PutResult{}, fmt.Errorf("%w: %s", ErrManifestBlob, d.Digest)
-			}
-			return PutResult{}, fmt.Errorf("stat %s: %w", d.Digest, err)
-		}
+	// Refuse a manifest with missing references before storing anything;
+	// the check is repeated against the index the update replaces.
+	if x, _, err := r.readIndex(ctx, repo); err != nil {
+		return PutResult{}, err
+	} else if _, err := r.checkRefs(ctx, repo, x, "", p); err != nil {
+		return PutResult{}, err
 	}
 	if err := r.store.Put(ctx, repo, dgst, body); err != nil {
 		return PutResult{}, fmt.Errorf("store manifest %s: %w", dgst, err)
 	}
 	desc := v1.Descriptor{MediaType: p.mediaType, Digest: dgst, Size: int64(len(body)), ArtifactType: p.artifactType}
-	refs := append(append([]v1.Descriptor{{Digest: dgst}}, p.blobs...), p.children...)
+	var adopted []meta.Manifest
 	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
-		// A blob garbage collection is deleting cannot be relied on.
-		if pending := x.gcPending(time.Now()); len(pending) > 0 {
-			for _, d := range refs {
-				if pending[d.Digest] {
-					return fmt.Errorf("%w: %s is being garbage collected; push it again", ErrManifestBlob, d.Digest)
-				}
-			}
+		// Everything the manifest relies on is checked against the index
+		// version this update replaces: a collector marking or deleting
+		// blobs changes that version first, so either this update fails its
+		// compare-and-set and sees the mark on retry, or the check below
+		// already sees the blobs gone (see gcmark.go).
+		var err error
+		adopted, err = r.checkRefs(ctx, repo, x, dgst, p)
+		if err != nil {
+			return err
+		}
+		for _, c := range adopted {
+			x.putManifest(v1.Descriptor{MediaType: c.MediaType, Digest: digest.Digest(c.Digest), Size: c.Size, ArtifactType: c.ArtifactType}, nil)
 		}
 		x.putManifest(desc, tags)
 		return nil
 	})
 	if err != nil {
 		return PutResult{}, err
+	}
+	for _, c := range adopted {
+		if err := r.meta.PutManifest(ctx, repo, c, nil, ver); err != nil {
+			return PutResult{}, fmt.Errorf("record manifest %s: %w", c.Digest, err)
+		}
 	}
 	m := meta.Manifest{
 		Digest: dgst.String(), MediaType: p.mediaType, Size: int64(len(body)),
@@ -171,6 +178,9 @@ func (r *Registry) DeleteManifest(ctx context.Context, repo, ref string) error {
 		return err
 	}
 	_, err = r.meta.DeleteManifest(ctx, repo, dgst.String(), ver)
+	if errors.Is(err, meta.ErrNotFound) {
+		return nil // another process removed the record meanwhile
+	}
 	return err
 }
 
