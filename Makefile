@@ -41,8 +41,10 @@ bench: tools ## benchmarks (throughput vs plain HTTP, small images, RSS)
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/...
 	$(GO) run ./test/bench
 
-fuzz: ## run each fuzz target for a while
-	@echo "no fuzz targets yet"
+FUZZTIME ?= 1m
+fuzz: ## run each fuzz target for FUZZTIME (default 1m)
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthorization$$' -fuzztime $(FUZZTIME) ./pkg/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyToken$$' -fuzztime $(FUZZTIME) ./pkg/auth
 
 clean: ## remove build outputs
 	rm -rf $(BIN)
