@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,12 +32,16 @@ var (
 type hop struct {
 	From     string // forwarding member
 	Failover bool   // the sender chose this member because better ones were down
+	Ring     string // the sender's membership epoch (see Router.epoch)
 }
 
 // hopSigner signs and verifies hop headers.
 type hopSigner struct {
 	key []byte
 	now func() time.Time
+	// epoch identifies the sender's member list; it travels signed, so a
+	// receiver can tell a membership change in progress from a misroute.
+	epoch atomic.Value // string
 
 	// Nonces seen recently, in two generations rotated every 2*hopWindow:
 	// a nonce is remembered for at least the window it could be replayed in.
@@ -51,9 +56,9 @@ func newHopSigner(hashKey []byte) *hopSigner {
 	return &hopSigner{key: k[:], now: time.Now, cur: map[string]struct{}{}, prev: map[string]struct{}{}}
 }
 
-func (s *hopSigner) mac(method, uri, ts, nonce, from, to, fo string) string {
+func (s *hopSigner) mac(method, uri, ts, nonce, from, to, fo, ring string) string {
 	h := hmac.New(sha256.New, s.key)
-	for _, p := range []string{method, uri, ts, nonce, from, to, fo} {
+	for _, p := range []string{method, uri, ts, nonce, from, to, fo, ring} {
 		h.Write([]byte(p))
 		h.Write([]byte{'\n'})
 	}
@@ -72,7 +77,11 @@ func (s *hopSigner) sign(method, uri, from, to string, failover bool) string {
 	if failover {
 		fo = "1"
 	}
-	return fmt.Sprintf("v1 ts=%s nonce=%s from=%s fo=%s sig=%s", ts, nonce, from, fo, s.mac(method, uri, ts, nonce, from, to, fo))
+	ring, _ := s.epoch.Load().(string)
+	if ring == "" {
+		ring = "-"
+	}
+	return fmt.Sprintf("v1 ts=%s nonce=%s from=%s fo=%s ring=%s sig=%s", ts, nonce, from, fo, ring, s.mac(method, uri, ts, nonce, from, to, fo, ring))
 }
 
 // verify checks a header value for method and uri received by member self
@@ -80,7 +89,7 @@ func (s *hopSigner) sign(method, uri, from, to string, failover bool) string {
 func (s *hopSigner) verify(method, uri, self, value string) (hop, error) {
 	f := map[string]string{}
 	parts := strings.Fields(value)
-	if len(parts) != 6 || parts[0] != "v1" {
+	if len(parts) != 7 || parts[0] != "v1" {
 		return hop{}, fmt.Errorf("%w: malformed", ErrHopInvalid)
 	}
 	for _, p := range parts[1:] {
@@ -90,7 +99,7 @@ func (s *hopSigner) verify(method, uri, self, value string) (hop, error) {
 		}
 		f[k] = v
 	}
-	want := s.mac(method, uri, f["ts"], f["nonce"], f["from"], self, f["fo"])
+	want := s.mac(method, uri, f["ts"], f["nonce"], f["from"], self, f["fo"], f["ring"])
 	if !hmac.Equal([]byte(want), []byte(f["sig"])) {
 		return hop{}, fmt.Errorf("%w: bad signature", ErrHopInvalid)
 	}
@@ -115,5 +124,5 @@ func (s *hopSigner) verify(method, uri, self, value string) (hop, error) {
 		return hop{}, ErrHopReplayed
 	}
 	s.cur[n] = struct{}{}
-	return hop{From: f["from"], Failover: f["fo"] == "1"}, nil
+	return hop{From: f["from"], Failover: f["fo"] == "1", Ring: f["ring"]}, nil
 }

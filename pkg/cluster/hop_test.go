@@ -31,7 +31,7 @@ const (
 func hopFields(t *testing.T, v string) []string {
 	t.Helper()
 	f := strings.Fields(v)
-	if len(f) != 6 || f[0] != "v1" {
+	if len(f) != 7 || f[0] != "v1" {
 		t.Fatalf("unexpected header shape %q", v)
 	}
 	return f
@@ -107,6 +107,7 @@ func TestHopTampered(t *testing.T) {
 		{"uri query", hopMethod, "/v2/library/alpine/blobs/uploads/abc?digest=sha256%3A01", v},
 		{"uri without query", hopMethod, "/v2/library/alpine/blobs/uploads/abc", v},
 		{"ts", hopMethod, hopURI, withField(t, v, "ts", "1800000001")},
+		{"ring", hopMethod, hopURI, withField(t, v, "ring", "0123456789ab")},
 		{"nonce", hopMethod, hopURI, withField(t, v, "nonce", strings.Repeat("ab", 12))},
 		{"from", hopMethod, hopURI, withField(t, v, "from", "10.0.0.2:5000")},
 		{"fo", hopMethod, hopURI, withField(t, v, "fo", "1")},

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -140,7 +143,20 @@ func (rt *Router) Update(members []string) error {
 		}
 	}
 	rt.view.Store(v)
+	rt.signer.epoch.Store(ringEpoch(members))
 	return nil
+}
+
+// ringEpoch names a member list: the first bytes of its hash.
+func ringEpoch(members []string) string {
+	h := sha256.Sum256([]byte(strings.Join(members, "\n")))
+	return hex.EncodeToString(h[:6])
+}
+
+// epoch is the current member list's name.
+func (rt *Router) epoch() string {
+	e, _ := rt.signer.epoch.Load().(string)
+	return e
 }
 
 // Ring returns the current ring.
@@ -222,7 +238,11 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 			return true
 		}
 		owner := rt.Ring().Owner(repo)
-		if owner == rt.opts.Self || h.Failover {
+		if owner == rt.opts.Self || h.Failover || h.Ring != rt.epoch() {
+			// The owner, a chosen failover, or a sender with another member
+			// list (a resize in progress): serve. Storage and metadata are
+			// shared and writes are compare-and-set, so this is safe, and a
+			// forwarded request is never forwarded again.
 			return false
 		}
 		log.Warn().Str("from", h.From).Str("owner", owner).Msg("forwarded request for a repository this member does not own")

@@ -409,7 +409,7 @@ func TestRouterRejectsForgedHop(t *testing.T) {
 	genuine := newHopSigner(c.key)
 	forged := map[string]func(to string) string{
 		"random":       func(to string) string { return "8d0e1f7a9c3b" },
-		"random v1":    func(to string) string { return "v1 ts=1 nonce=2 from=3 fo=1 sig=4" },
+		"random v1":    func(to string) string { return "v1 ts=1 nonce=2 from=3 fo=1 ring=x sig=4" },
 		"other key":    func(to string) string { return other.sign("GET", uri, owner, to, false) },
 		"other key fo": func(to string) string { return other.sign("GET", uri, c.addrs[0], to, true) },
 		"other method": func(to string) string { return genuine.sign("DELETE", uri, owner, to, true) },
@@ -504,6 +504,7 @@ func TestRouterMisdirectedHop(t *testing.T) {
 	owner, notOwner := rank[0], rank[1]
 	uri := "/v2/" + repo + "/x"
 	signer := newHopSigner(c.key) // another member's signer: same key, own nonces
+	signer.epoch.Store(c.members[0].rt.epoch())
 
 	res := c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], notOwner, false)}})
 	msg := expectOCIError(t, "genuine hop to a non-owner", res, http.StatusMisdirectedRequest, "UNAVAILABLE")
@@ -519,6 +520,13 @@ func TestRouterMisdirectedHop(t *testing.T) {
 	// The failover flag says the sender knows: the receiver serves.
 	res = c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], notOwner, true)}})
 	expectServedBy(t, "failover hop to a non-owner", res, notOwner)
+
+	// A sender with another member list (a resize in progress) is served:
+	// the receiver never forwards again, and storage is shared.
+	resizing := newHopSigner(c.key)
+	resizing.epoch.Store(ringEpoch(append(append([]string(nil), c.addrs...), "127.0.0.9:1")))
+	res = c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {resizing.sign("GET", uri, rank[2], notOwner, false)}})
+	expectServedBy(t, "hop from a member with another member list", res, notOwner)
 
 	// A genuine hop to the owner is served there.
 	res = c.mustDo("GET", owner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], owner, false)}})
