@@ -19,7 +19,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/api"
-	"github.com/berthreg/berth/pkg/auth"
 	"github.com/berthreg/berth/pkg/cluster"
 	"github.com/berthreg/berth/pkg/config"
 	"github.com/berthreg/berth/pkg/gc"
@@ -121,11 +120,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	}
 	opts := api.Options{Log: log, Metrics: promReg, MetricsPath: metricsPath}
 	if cfg.HTTP.AuthEnabled() {
-		az, err := auth.New(auth.Options{
-			Auth:          cfg.HTTP.Auth,
-			AccessControl: cfg.HTTP.AccessControl,
-			Log:           log.With().Str("component", "auth").Logger(),
-		})
+		az, err := newAuth(cfg, log)
 		if err != nil {
 			return err
 		}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/rs/zerolog"
+
 	"github.com/berthreg/berth/pkg/config"
 )
 
@@ -21,6 +23,14 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return fmt.Errorf("%s is invalid:\n%w", fl.Arg(0), err)
+	}
+	cfg, _, _ := config.Load(fl.Arg(0))
+	if cfg.HTTP.AuthEnabled() {
+		// Reads the htpasswd file and the token certificate, not only
+		// checks that they exist.
+		if _, err := newAuth(cfg, zerolog.Nop()); err != nil {
+			return fmt.Errorf("%s is invalid:\n%w", fl.Arg(0), err)
+		}
 	}
 	fmt.Fprintf(stdout, "%s is valid\n", fl.Arg(0))
 	return nil

@@ -211,7 +211,6 @@ func TestParseZotKnownKeysWarn(t *testing.T) {
 		{`{"http": {"auth": {"bearer": {"realm": "https://a/t", "service": "s", "cert": "load_test.go"}, "ldap": {"address": "x"}}}}`,
 			"http.auth.ldap: known zot option not supported yet; ignored"},
 		{`{"http": {"accessControl": {"metrics": {"users": ["m"]}}}}`, "http.accessControl.metrics: known zot option"},
-		{`{"http": {"Realm": "zot"}}`, "http.Realm: known zot option"},
 		{`{"http": {"externalUrl": "https://r"}}`, "http.externalUrl: known zot option"},
 		{`{"storage": {"subPaths": {"/a": {"rootDirectory": "/b"}}}}`, "storage.subPaths: known zot option"},
 		{`{"storage": {"commit": true}}`, "storage.commit: known zot option"},

@@ -38,6 +38,9 @@ type HTTPConfig struct {
 	// Port is the TCP port, as a string like zot's (a JSON number is
 	// accepted too). "0" picks a free port. Default "5000".
 	Port string `json:"port"`
+	// Realm is the realm of the Basic authentication challenge (default
+	// "berth").
+	Realm string `json:"realm,omitempty"`
 	// TLS turns on HTTPS when Cert and Key are set. Nil means plain HTTP.
 	TLS *TLSConfig `json:"tls,omitempty"`
 	// Auth authenticates callers. Nil means every caller is anonymous.

@@ -13,7 +13,6 @@ var zotKnown = []string{
 	"scheduler",
 
 	// http
-	"http.realm",
 	"http.ratelimit",
 	"http.compat",
 	"http.externalUrl",
