@@ -25,6 +25,13 @@ func (c *Collector) collectRepo(ctx context.Context, repo string, rep *Report) e
 	if pol != nil {
 		deleteUntagged, deleteReferrers = pol.DeleteUntagged, pol.DeleteReferrers
 	}
+	// Metadata a crash or a cross-process overlap left stale is re-derived
+	// here, not only at the next start (a no-op when it is current).
+	if !c.opts.DryRun {
+		if _, err := c.reg.RebuildRepo(ctx, repo); err != nil {
+			return err
+		}
+	}
 	g, err := c.reg.Graph(ctx, repo)
 	if err != nil {
 		return err
