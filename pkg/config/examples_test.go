@@ -11,17 +11,27 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// exampleFiles returns the absolute paths of the files in examples/config.
+// exampleFiles returns the absolute paths of the configuration files
+// (.json, .yaml, .yml) under examples/config, subdirectories included.
 func exampleFiles(t *testing.T) []string {
 	t.Helper()
-	files, err := filepath.Glob("../../examples/config/*")
+	var files []string
+	err := filepath.WalkDir("../../examples/config", func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch filepath.Ext(p) {
+		case ".json", ".yaml", ".yml":
+			abs, err := filepath.Abs(p)
+			if err != nil {
+				return err
+			}
+			files = append(files, abs)
+		}
+		return nil
+	})
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no example files found: %v", err)
-	}
-	for i, f := range files {
-		if files[i], err = filepath.Abs(f); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return files
 }

@@ -39,6 +39,9 @@ type cluster struct {
 type clusterOpts struct {
 	LB    bool
 	Extra map[string]any
+	// SpareIPs are more addresses the cluster's port must be free on (for
+	// members a test adds later, e.g. 127.0.0.4).
+	SpareIPs []string
 }
 
 // startCluster starts the members (and HAProxy) and waits until every
@@ -47,7 +50,7 @@ type clusterOpts struct {
 func startCluster(t *testing.T, opts clusterOpts) *cluster {
 	t.Helper()
 	start := time.Now()
-	c := &cluster{t: t, Store: newStore(t, backendS3Dynamo), Port: clusterPort(t)}
+	c := &cluster{t: t, Store: newStore(t, backendS3Dynamo), Port: clusterPort(t, opts.SpareIPs...)}
 	var members []string
 	for _, ip := range memberIPs {
 		members = append(members, fmt.Sprintf("%s:%d", ip, c.Port))
@@ -74,13 +77,13 @@ func startCluster(t *testing.T, opts clusterOpts) *cluster {
 	return c
 }
 
-// clusterPort finds a port free on every member address.
-func clusterPort(t *testing.T) int {
+// clusterPort finds a port free on every member address (and on spare).
+func clusterPort(t *testing.T, spare ...string) int {
 	t.Helper()
 	for try := 0; try < 50; try++ {
 		p := freePort(t)
 		ok := true
-		for _, ip := range memberIPs[1:] {
+		for _, ip := range append(memberIPs[1:], spare...) {
 			ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, p))
 			if err != nil {
 				ok = false
@@ -92,7 +95,7 @@ func clusterPort(t *testing.T) int {
 			return p
 		}
 	}
-	t.Fatal("no port free on 127.0.0.1, 127.0.0.2 and 127.0.0.3")
+	t.Fatalf("no port free on %v", append(memberIPs, spare...))
 	return 0
 }
 

@@ -194,10 +194,15 @@ func newDriver(ctx context.Context, cfg Config, log zerolog.Logger, backoff time
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(hc),
 		config.WithRetryer(func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) {
+			r := retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = maxAttempts
 				o.MaxBackoff = backoff
 			})
+			// Some S3-compatible servers on a filesystem (versitygw's posix
+			// backend) answer a PutObject 409 ExistingObjectIsDirectory when
+			// a concurrent delete removes the directory being written into;
+			// the write succeeds when tried again.
+			return retry.AddWithErrorCodes(r, "ExistingObjectIsDirectory")
 		}),
 	}
 	if cfg.Region != "" {
