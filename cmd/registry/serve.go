@@ -153,7 +153,11 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	if !cfg.Storage.GCEnabled() {
 		gopts.Interval = 0 // still records pulls
 	}
-	go gc.New(reg, gopts).Run(ctx)
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		gc.New(reg, gopts).Run(ctx)
+	}()
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr())
 	if err != nil {
@@ -202,6 +206,13 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
+	}
+	// The collector writes the pulls noted in memory when ctx ends; wait
+	// for it so retention does not lose them.
+	select {
+	case <-gcDone:
+	case <-sctx.Done():
+		log.Warn().Msg("gave up waiting for pull times to be recorded")
 	}
 	return nil
 }

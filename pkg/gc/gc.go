@@ -91,7 +91,11 @@ func (c *Collector) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			_ = c.reg.FlushPulls(context.WithoutCancel(ctx))
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := c.reg.FlushPulls(fctx); err != nil {
+				c.opts.Log.Warn().Err(err).Msg("failed to record pulls at shutdown")
+			}
 			return
 		case <-flush.C:
 			if err := c.reg.FlushPulls(ctx); err != nil {
@@ -147,7 +151,8 @@ func (c *Collector) Pass(ctx context.Context, only string, progress io.Writer) (
 	return rep, nil
 }
 
-// collectUploads cancels sessions older than Delay in owned repositories.
+// collectUploads cancels sessions not written for Delay in owned
+// repositories; sessions in use by a request are skipped.
 func (c *Collector) collectUploads(ctx context.Context, only string, rep *Report) error {
 	ul, ok := c.reg.Store().(storage.UploadLister)
 	if !ok {
@@ -156,8 +161,8 @@ func (c *Collector) collectUploads(ctx context.Context, only string, rep *Report
 	cutoff := time.Now().Add(-c.opts.Delay)
 	type sess struct{ repo, id string }
 	var old []sess
-	err := ul.Uploads(ctx, func(repo, id string, startedAt time.Time) error {
-		if startedAt.Before(cutoff) && (only == "" || repo == only) && c.opts.Owns(repo) {
+	err := ul.Uploads(ctx, func(repo, id string, lastActive time.Time) error {
+		if lastActive.Before(cutoff) && (only == "" || repo == only) && c.opts.Owns(repo) {
 			old = append(old, sess{repo, id})
 		}
 		return nil
@@ -180,9 +185,9 @@ func (c *Collector) collectUploads(ctx context.Context, only string, rep *Report
 		c.record(rep, Action{Repo: s.repo, Kind: "upload", Ref: s.id})
 	}
 	if as, ok := c.reg.Store().(interface {
-		AbortStale(context.Context, time.Duration) (int, error)
+		AbortStale(context.Context, time.Duration, func(string) bool) (int, error)
 	}); ok && !c.opts.DryRun && only == "" {
-		if _, err := as.AbortStale(ctx, c.opts.Delay); err != nil {
+		if _, err := as.AbortStale(ctx, c.opts.Delay, c.opts.Owns); err != nil {
 			return err
 		}
 	}

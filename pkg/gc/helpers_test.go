@@ -450,13 +450,18 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// oldSession makes upload session id look started by ago (rewriting the
-// fs driver's info.json, which records the start time).
+// oldSession makes upload session id look started and last written ago
+// (rewriting the fs driver's info.json, which records the start time, and
+// dating its data file, whose time is the last write).
 func (e *env) oldSession(t *testing.T, repo, id string, ago time.Duration) {
 	t.Helper()
-	info := mustJSON(map[string]any{"repo": repo, "startedAt": time.Now().Add(-ago).UTC()})
+	at := time.Now().Add(-ago)
+	info := mustJSON(map[string]any{"repo": repo, "startedAt": at.UTC()})
 	if err := os.WriteFile(filepath.Join(e.root, "_uploads", id, "info.json"), info, 0o644); err != nil {
 		t.Fatalf("rewrite info.json of %s: %v", id, err)
+	}
+	if err := os.Chtimes(filepath.Join(e.root, "_uploads", id, "data"), at, at); err != nil {
+		t.Fatalf("date data of %s: %v", id, err)
 	}
 }
 

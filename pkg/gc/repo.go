@@ -80,7 +80,7 @@ func (c *Collector) collectRepo(ctx context.Context, repo string, rep *Report) e
 		}
 		removed := 0
 		for _, n := range g.Unreachable(deleteReferrers) {
-			if n.Subject == "" && !deleteUntagged || !n.PushedAt.Before(cutoff) {
+			if n.Subject == "" && !deleteUntagged || !c.reg.WrittenBefore(n.PushedAt, cutoff) {
 				continue
 			}
 			if !c.opts.DryRun {
@@ -112,7 +112,7 @@ func (c *Collector) collectRepo(ctx context.Context, repo string, rep *Report) e
 		}
 		ref := g.Referenced()
 		return bl.Blobs(ctx, repo, func(d digest.Digest, info storage.BlobInfo) error {
-			if !ref[d] && info.ModTime.Before(olderThan) {
+			if !ref[d] && c.reg.WrittenBefore(info.ModTime, olderThan) {
 				c.record(rep, Action{Repo: repo, Kind: "blob", Ref: d.String(), Size: info.Size})
 			}
 			return nil

@@ -204,6 +204,17 @@ func (r *Registry) DeleteUnreachable(ctx context.Context, repo string, dgst dige
 	return true, nil
 }
 
+// WrittenBefore reports whether something storage says was written at t
+// was certainly written before cutoff, allowing for storage that reports
+// times truncated (S3: whole seconds), so a delay is never cut short.
+func (r *Registry) WrittenBefore(t, cutoff time.Time) bool {
+	var res time.Duration
+	if tr, ok := r.store.(storage.TimeResolver); ok {
+		res = tr.TimeResolution()
+	}
+	return t.Add(res).Before(cutoff)
+}
+
 // BlobCandidate is a blob garbage collection may delete.
 type BlobCandidate struct {
 	Digest digest.Digest
@@ -224,7 +235,7 @@ func (r *Registry) UnreferencedBlobs(ctx context.Context, repo string, olderThan
 	ref := g.Referenced()
 	var out []BlobCandidate
 	err = bl.Blobs(ctx, repo, func(d digest.Digest, info storage.BlobInfo) error {
-		if !ref[d] && info.ModTime.Before(olderThan) {
+		if !ref[d] && r.WrittenBefore(info.ModTime, olderThan) {
 			out = append(out, BlobCandidate{Digest: d, Size: info.Size})
 		}
 		return nil
@@ -296,7 +307,7 @@ func (r *Registry) DeleteBlobs(ctx context.Context, repo string, cands []BlobCan
 	var deleted []BlobCandidate
 	for _, c := range pending {
 		info, err := r.store.Stat(ctx, repo, c.Digest)
-		if err != nil || !info.ModTime.Before(olderThan) {
+		if err != nil || !r.WrittenBefore(info.ModTime, olderThan) {
 			continue // gone already, or written again since it was chosen
 		}
 		if err := r.store.Delete(ctx, repo, c.Digest); err != nil {

@@ -50,10 +50,18 @@ type BlobLister interface {
 	Blobs(ctx context.Context, repo string, fn func(dgst digest.Digest, info BlobInfo) error) error
 }
 
+// TimeResolver is an optional Driver capability: the precision of the
+// modification times it reports (S3 reports whole seconds). Drivers
+// without it report exact times.
+type TimeResolver interface {
+	TimeResolution() time.Duration
+}
+
 // UploadLister is an optional Driver capability used by garbage collection:
-// it enumerates upload sessions so abandoned ones can be removed.
+// it enumerates upload sessions with the time of their last write, so
+// abandoned ones can be removed while slow, long uploads are spared.
 type UploadLister interface {
-	Uploads(ctx context.Context, fn func(repo, id string, startedAt time.Time) error) error
+	Uploads(ctx context.Context, fn func(repo, id string, lastActive time.Time) error) error
 }
 
 // BlobInfo describes a stored blob.

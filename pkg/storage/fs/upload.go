@@ -138,7 +138,7 @@ func (d *Driver) Upload(ctx context.Context, repo, id string) (storage.Upload, e
 // Uploads calls fn for every upload session in storage, open or not, in no
 // order: for expiry by StartedAt. A session in use is still reported; a
 // collector should end it through Upload, which reports ErrUploadBusy.
-func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, startedAt time.Time) error) error {
+func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, lastActive time.Time) error) error {
 	entries, err := os.ReadDir(filepath.Join(d.root, uploadsDir))
 	if err != nil {
 		return fmt.Errorf("fs: %w", err)
@@ -156,7 +156,11 @@ func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, startedAt
 			d.log.Warn().Err(err).Str("upload", id).Msg("failed to read upload session")
 			continue
 		}
-		if err := fn(info.Repo, id, info.StartedAt); err != nil {
+		last := info.StartedAt
+		if fi, err := os.Stat(filepath.Join(d.sessionDir(id), dataFile)); err == nil && fi.ModTime().After(last) {
+			last = fi.ModTime()
+		}
+		if err := fn(info.Repo, id, last); err != nil {
 			return err
 		}
 	}

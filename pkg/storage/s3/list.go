@@ -3,6 +3,7 @@ package s3
 import (
 	"context"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -11,7 +12,14 @@ import (
 	"github.com/berthreg/berth/pkg/storage"
 )
 
-var _ storage.BlobLister = (*Driver)(nil)
+var (
+	_ storage.BlobLister   = (*Driver)(nil)
+	_ storage.TimeResolver = (*Driver)(nil)
+)
+
+// TimeResolution is a second: S3 reports modification times in whole
+// seconds.
+func (d *Driver) TimeResolution() time.Duration { return time.Second }
 
 // Blobs calls fn for every blob of repo: the keys under <repo>/blobs/.
 func (d *Driver) Blobs(ctx context.Context, repo string, fn func(digest.Digest, storage.BlobInfo) error) error {

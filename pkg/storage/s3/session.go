@@ -39,7 +39,8 @@ type state struct {
 	Parts     []string  `json:"parts,omitempty"` // ETags of parts 1..n
 	Tail      []segment `json:"tail,omitempty"`  // bytes after the parts, in order
 	Size      int64     `json:"size"`
-	Hash      []byte    `json:"sha256"` // sha256 state (MarshalBinary) of all Size bytes
+	Hash      []byte    `json:"sha256"`              // sha256 state (MarshalBinary) of all Size bytes
+	UpdatedAt time.Time `json:"updatedAt,omitempty"` // last write of the state
 }
 
 // segment is a tail object, named relative to the session.
@@ -164,6 +165,7 @@ func (u *upload) persist(ctx context.Context, next state) error {
 		return fmt.Errorf("s3: upload %s: %w", u.id, err)
 	}
 	next.Hash = h
+	next.UpdatedAt = time.Now().UTC().Truncate(time.Millisecond)
 	js, err := json.Marshal(next)
 	if err != nil {
 		return fmt.Errorf("s3: upload %s: %w", u.id, err)
@@ -299,7 +301,7 @@ func (d *Driver) deleteKeys(ctx context.Context, keys []string) error {
 }
 
 // Uploads calls fn for every upload session, open or not, in no order.
-func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, startedAt time.Time) error) error {
+func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, lastActive time.Time) error) error {
 	dir := d.key(uploadsDir) + "/"
 	p := s3.NewListObjectsV2Paginator(d.c, &s3.ListObjectsV2Input{
 		Bucket: &d.bucket, Prefix: aws.String(dir), Delimiter: aws.String("/"),
@@ -322,7 +324,11 @@ func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, startedAt
 				d.log.Warn().Err(err).Str("upload", id).Msg("failed to read upload session")
 				continue
 			}
-			if err := fn(st.Repo, id, st.StartedAt); err != nil {
+			last := st.StartedAt
+			if st.UpdatedAt.After(last) {
+				last = st.UpdatedAt
+			}
+			if err := fn(st.Repo, id, last); err != nil {
 				return err
 			}
 		}
@@ -335,7 +341,16 @@ func (d *Driver) Uploads(ctx context.Context, fn func(repo, id string, startedAt
 // multipart uploads under _uploads/ initiated before then that no session
 // refers to. It returns how many sessions and orphaned multipart uploads it
 // removed.
-func (d *Driver) AbortStale(ctx context.Context, olderThan time.Duration) (int, error) {
+//
+// owns, when not nil, limits the work to sessions of repositories this
+// process is responsible for (in a cluster, the ones it owns: only the
+// owner knows whether a session is in use). Leftovers whose repository is
+// unknown are judged by the name "_uploads/<id>", so exactly one member
+// takes each.
+func (d *Driver) AbortStale(ctx context.Context, olderThan time.Duration, owns func(repo string) bool) (int, error) {
+	if owns == nil {
+		owns = func(string) bool { return true }
+	}
 	cutoff := time.Now().Add(-olderThan)
 	dir := d.key(uploadsDir) + "/"
 	latest := map[string]time.Time{} // session id -> newest object
@@ -359,9 +374,12 @@ func (d *Driver) AbortStale(ctx context.Context, olderThan time.Duration) (int, 
 			continue
 		}
 		st, _, err := d.loadState(ctx, id)
-		if err == nil || errors.Is(err, storage.ErrUploadUnknown) {
-			err = d.endSession(ctx, id, st.UploadID)
+		mine := (err == nil && owns(st.Repo)) || (errors.Is(err, storage.ErrUploadUnknown) && owns(uploadsDir+"/"+id))
+		if !mine {
+			d.release(id)
+			continue
 		}
+		err = d.endSession(ctx, id, st.UploadID)
 		d.release(id)
 		if err != nil {
 			return n, err
@@ -389,6 +407,8 @@ func (d *Driver) AbortStale(ctx context.Context, olderThan time.Duration) (int, 
 				continue // a live session's
 			case err != nil && !errors.Is(err, storage.ErrUploadUnknown):
 				return n, err
+			case err == nil && !owns(st.Repo), err != nil && !owns(uploadsDir+"/"+id):
+				continue // another member's to judge
 			}
 			_, err = d.c.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &d.bucket, Key: &key, UploadId: &uploadID})
 			if err != nil && !isNoSuchUpload(err) {

@@ -289,11 +289,11 @@ func TestUploadsAndAbortStale(t *testing.T) {
 		t.Fatalf("Uploads = %v, %v; want %v", got, err, want)
 	}
 
-	if n, err := d.AbortStale(ctx, time.Hour); err != nil || n != 0 {
+	if n, err := d.AbortStale(ctx, time.Hour, nil); err != nil || n != 0 {
 		t.Fatalf("AbortStale(1h) = %d, %v; want 0", n, err)
 	}
 	// A negative age puts the cutoff in the future: everything is stale.
-	n, err := d.AbortStale(ctx, -time.Minute)
+	n, err := d.AbortStale(ctx, -time.Minute, nil)
 	if err != nil || n != 3 {
 		t.Fatalf("AbortStale = %d, %v; want 3 (2 sessions, 1 orphan)", n, err)
 	}
