@@ -32,8 +32,14 @@ func newIndex() *ociIndex {
 	return &ociIndex{SchemaVersion: 2, MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{}}
 }
 
-// indexVersion is the version storage reports for index bytes.
-func indexVersion(data []byte) string {
+// contentVersion is the version metadata records for an index: the
+// storage version (hex SHA-256) of its bytes without annotations. Garbage
+// collection marks live in annotations, so marking and unmarking do not
+// make metadata look stale.
+func contentVersion(x *ociIndex) string {
+	plain := *x
+	plain.Annotations = nil
+	data, _ := json.Marshal(&plain)
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }
@@ -115,7 +121,7 @@ func (x *ociIndex) deleteManifest(dgst digest.Digest) {
 }
 
 // updateIndex applies fn to repo's index.json with compare-and-set retries
-// and returns the version written.
+// and returns the content version written (see contentVersion).
 func (r *Registry) updateIndex(ctx context.Context, repo string, fn func(*ociIndex) error) (string, error) {
 	for attempt := 0; attempt < maxIndexRetries; attempt++ {
 		idx, ver, err := r.readIndex(ctx, repo)
@@ -137,7 +143,7 @@ func (r *Registry) updateIndex(ctx context.Context, repo string, fn func(*ociInd
 		if err != nil {
 			return "", fmt.Errorf("write index of %s: %w", repo, err)
 		}
-		return indexVersion(data), nil
+		return contentVersion(idx), nil
 	}
 	return "", fmt.Errorf("write index of %s: %w after %d attempts", repo, storage.ErrIndexConflict, maxIndexRetries)
 }

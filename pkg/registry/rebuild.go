@@ -67,10 +67,11 @@ func (r *Registry) Rebuild(ctx context.Context, mine func(repo string) bool) (Re
 func (r *Registry) RebuildRepo(ctx context.Context, repo string) (bool, error) {
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
-	idx, ver, err := r.readIndex(ctx, repo)
+	idx, _, err := r.readIndex(ctx, repo)
 	if err != nil {
 		return false, err
 	}
+	ver := contentVersion(idx)
 	have, err := r.meta.Version(ctx, repo)
 	if err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return false, fmt.Errorf("metadata version of %s: %w", repo, err)
