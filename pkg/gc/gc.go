@@ -187,7 +187,10 @@ func (c *Collector) collectUploads(ctx context.Context, only string, rep *Report
 	if as, ok := c.reg.Store().(interface {
 		AbortStale(context.Context, time.Duration, func(string) bool) (int, error)
 	}); ok && !c.opts.DryRun && only == "" {
-		if _, err := as.AbortStale(ctx, c.opts.Delay, c.opts.Owns); err != nil {
+		// Later than the sessions above, so those are ended (and logged) by
+		// the pass; this catches what they miss: leftovers without a
+		// readable session and multipart uploads no session refers to.
+		if _, err := as.AbortStale(ctx, 2*c.opts.Delay+time.Minute, c.opts.Owns); err != nil {
 			return err
 		}
 	}
