@@ -371,7 +371,11 @@ func TestHTPasswdFile(t *testing.T) {
 func TestFailDelay(t *testing.T) {
 	t.Parallel()
 	opts := htpasswdOpts(htpasswdFile(t, map[string]string{"alice": "pw"}))
-	opts.Auth.FailDelay = 1
+	// The delay is long next to the bcrypt checks, so the bounds below hold
+	// on a slow machine too: an answer without the delay comes in well
+	// under it, and serialised delays would take 8 times it.
+	const delay = 4 * time.Second
+	opts.Auth.FailDelay = int(delay / time.Second)
 	az, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -382,17 +386,17 @@ func TestFailDelay(t *testing.T) {
 		res := s.do(t, "GET", "/v2/", auth, nil)
 		return res.status, time.Since(start)
 	}
-	if st, d := timed(basic("alice", "pw")); st != 200 || d > 500*time.Millisecond {
+	if st, d := timed(basic("alice", "pw")); st != 200 || d >= delay {
 		t.Errorf("good credentials: %d after %s", st, d)
 	}
-	if st, d := timed(""); st != 401 || d > 500*time.Millisecond {
+	if st, d := timed(""); st != 401 || d >= delay {
 		t.Errorf("no credentials: %d after %s", st, d)
 	}
-	if st, d := timed("Basic Og=="); st != 401 || d > 500*time.Millisecond {
+	if st, d := timed("Basic Og=="); st != 401 || d >= delay {
 		t.Errorf("empty Basic credentials (anonymous): %d after %s", st, d)
 	}
-	if st, d := timed(basic("alice", "wrong")); st != 401 || d < time.Second {
-		t.Errorf("wrong password: %d after %s, want 401 after >= 1s", st, d)
+	if st, d := timed(basic("alice", "wrong")); st != 401 || d < delay {
+		t.Errorf("wrong password: %d after %s, want 401 after >= %s", st, d, delay)
 	}
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -404,12 +408,12 @@ func TestFailDelay(t *testing.T) {
 		}()
 	}
 	// A good request is served meanwhile.
-	time.Sleep(100 * time.Millisecond)
-	if st, d := timed(basic("alice", "pw")); st != 200 || d > 500*time.Millisecond {
+	time.Sleep(200 * time.Millisecond)
+	if st, d := timed(basic("alice", "pw")); st != 200 || d >= delay {
 		t.Errorf("good credentials during failures: %d after %s", st, d)
 	}
 	wg.Wait()
-	if d := time.Since(start); d > 2500*time.Millisecond {
+	if d := time.Since(start); d > 4*delay {
 		t.Errorf("8 concurrent failures took %s: delays are serialised", d)
 	}
 }

@@ -605,11 +605,11 @@ func TestRouterHealthFailover(t *testing.T) {
 			switched := func() bool {
 				return others[0].rt.Owner(repo) == next && others[1].rt.Owner(repo) == next
 			}
-			deadline := time.Now().Add(5 * time.Second)
+			deadline := time.Now().Add(30 * time.Second)
 			gets, extra := 0, 10
 			for extra > 0 {
 				if time.Now().After(deadline) {
-					t.Fatalf("health did not switch %s to %s within 5s", repo, next)
+					t.Fatalf("health did not switch %s to %s within 30s", repo, next)
 				}
 				for _, m := range others {
 					// A not-ready owner still answers until m notices;
@@ -648,7 +648,7 @@ func TestRouterHealthFailover(t *testing.T) {
 			case "not ready":
 				owner.notReady.Store(false)
 			}
-			waitFor(t, "the owner to be up again", 5*time.Second, func() bool {
+			waitFor(t, "the owner to be up again", 30*time.Second, func() bool {
 				return others[0].rt.Owner(repo) == owner.addr && others[1].rt.Owner(repo) == owner.addr
 			})
 			for _, m := range c.members {
@@ -665,7 +665,7 @@ func TestRouterSelfLastServes(t *testing.T) {
 	for _, m := range c.members[1:] {
 		m.srv.Close()
 	}
-	waitFor(t, "health to mark both peers down", 5*time.Second, func() bool { return self.rt.Owns(repo) })
+	waitFor(t, "health to mark both peers down", 30*time.Second, func() bool { return self.rt.Owns(repo) })
 	expectServedBy(t, "GET", c.mustDo("GET", self.addr, "/v2/"+repo+"/x", nil, nil), self.addr)
 	expectServedBy(t, "PUT", c.mustDo("PUT", self.addr, "/v2/"+repo+"/x", strings.NewReader("layer"), nil), self.addr)
 	// Every repository is this member's now.

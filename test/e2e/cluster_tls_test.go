@@ -125,7 +125,7 @@ func TestClusterTLS(t *testing.T) {
 		// the cluster CA.
 		m3.Kill9()
 		fake := startFakePeer(t, m3.Host, c.PKI)
-		deadline := time.Now().Add(8 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for {
 			clients, _ := fake.stats()
 			up1, _ := peerState(m1, m3.Host)

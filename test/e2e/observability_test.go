@@ -33,7 +33,7 @@ func testLogsAndMetrics(t *testing.T, be string) {
 
 	// Log lines are written after the response; give them a moment.
 	var putLine, getLine map[string]any
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		putLine, getLine = nil, nil
 		for _, l := range readLogLines(t, r.LogPath) {
