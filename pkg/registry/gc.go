@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -46,15 +47,15 @@ func (r *Registry) Graph(ctx context.Context, repo string) (*Graph, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.graphOf(ctx, repo, idx, ver, graphCache{})
+	return r.graphOf(ctx, repo, idx, ver, graphCache{}, true)
 }
 
-func (r *Registry) graphOf(ctx context.Context, repo string, idx *ociIndex, ver string, cache graphCache) (*Graph, error) {
+func (r *Registry) graphOf(ctx context.Context, repo string, idx *ociIndex, ver string, cache graphCache, withTimes bool) (*Graph, error) {
 	g := &Graph{Repo: repo, Version: ver, Nodes: map[digest.Digest]*Node{}}
 	for _, d := range idx.Manifests {
 		n := g.Nodes[d.Digest]
 		if n == nil {
-			base, err := r.node(ctx, repo, d, cache)
+			base, err := r.node(ctx, repo, d, cache, withTimes)
 			if err != nil {
 				return nil, err
 			}
@@ -70,12 +71,20 @@ func (r *Registry) graphOf(ctx context.Context, repo string, idx *ociIndex, ver 
 	return g, nil
 }
 
-// node parses one manifest (from the cache when possible).
-func (r *Registry) node(ctx context.Context, repo string, d v1.Descriptor, cache graphCache) (*Node, error) {
+// node parses one manifest (from the caches when possible). withTimes
+// asks for PushedAt, which costs a Stat; without it a manifest whose
+// references are known is not read again (content-addressed, so they
+// never change), which is conservative for reachability.
+func (r *Registry) node(ctx context.Context, repo string, d v1.Descriptor, cache graphCache, withTimes bool) (*Node, error) {
 	if n, ok := cache[d.Digest]; ok {
 		return n, nil
 	}
 	n := &Node{Digest: d.Digest, MediaType: d.MediaType, Size: d.Size}
+	if e, ok := r.refs.get(d.Digest); ok && !withTimes {
+		n.Subject, n.Children, n.Blobs = e.Subject, e.Children, e.Blobs
+		cache[d.Digest] = n
+		return n, nil
+	}
 	info, err := r.store.Stat(ctx, repo, d.Digest)
 	switch {
 	case errors.Is(err, storage.ErrBlobUnknown):
@@ -84,6 +93,10 @@ func (r *Registry) node(ctx context.Context, repo string, d v1.Descriptor, cache
 		return nil, err
 	default:
 		n.PushedAt = info.ModTime
+		if e, ok := r.refs.get(d.Digest); ok {
+			n.Subject, n.Children, n.Blobs = e.Subject, e.Children, e.Blobs
+			break
+		}
 		body, err := r.ManifestBody(ctx, repo, metaOf(d))
 		if err != nil && !errors.Is(err, ErrManifestUnknown) {
 			return nil, err
@@ -97,11 +110,43 @@ func (r *Registry) node(ctx context.Context, repo string, d v1.Descriptor, cache
 				for _, c := range p.children {
 					n.Children = append(n.Children, c.Digest)
 				}
+				r.refs.put(d.Digest, n)
 			}
 		}
 	}
 	cache[d.Digest] = n
 	return n, nil
+}
+
+// refsCache remembers what parsed manifests reference, by digest. Bounded:
+// it starts over when full.
+type refsCache struct {
+	mu sync.Mutex
+	m  map[digest.Digest]refsEntry
+}
+
+type refsEntry struct {
+	Subject  digest.Digest
+	Children []digest.Digest
+	Blobs    []digest.Digest
+}
+
+const maxRefsCache = 100_000
+
+func (c *refsCache) get(d digest.Digest) (refsEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[d]
+	return e, ok
+}
+
+func (c *refsCache) put(d digest.Digest, n *Node) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxRefsCache {
+		c.m = map[digest.Digest]refsEntry{}
+	}
+	c.m[d] = refsEntry{Subject: n.Subject, Children: n.Children, Blobs: n.Blobs}
 }
 
 // Referenced returns every digest the repository still needs: its
@@ -179,7 +224,7 @@ func (r *Registry) DeleteUnreachable(ctx context.Context, repo string, dgst dige
 	cache := graphCache{}
 	errKept := errors.New("kept")
 	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
-		g, err := r.graphOf(ctx, repo, x, "", cache)
+		g, err := r.graphOf(ctx, repo, x, "", cache, false)
 		if err != nil {
 			return err
 		}
@@ -265,7 +310,7 @@ func (r *Registry) DeleteBlobs(ctx context.Context, repo string, cands []BlobCan
 		if since, ok := x.gcMarkTime(); ok && markAt.Sub(since) <= gcMarkTTL {
 			return ErrGCBusy
 		}
-		g, err := r.graphOf(ctx, repo, x, "", cache)
+		g, err := r.graphOf(ctx, repo, x, "", cache, false)
 		if err != nil {
 			return err
 		}

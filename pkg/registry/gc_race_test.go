@@ -227,8 +227,8 @@ func runRace(t *testing.T, o raceOpts) *race {
 	enough := func() bool {
 		return r.acked.Load() >= 50 && r.passes.Load() >= 10 && r.removedPool.Load() > 0
 	}
-	for r.acked.Load() < o.pushes && !t.Failed() && time.Since(start) < raceHardLimit &&
-		(time.Since(start) < o.limit || !enough()) {
+	for !t.Failed() && time.Since(start) < raceHardLimit &&
+		(r.acked.Load() < o.pushes && time.Since(start) < o.limit || !enough()) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	stop.Store(true)

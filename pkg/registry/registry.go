@@ -56,6 +56,7 @@ type Registry struct {
 	log   zerolog.Logger
 	locks keyedMutex
 	pulls pullLog
+	refs  refsCache // what manifests reference, for garbage collection
 }
 
 // New returns a Registry over store and md.
