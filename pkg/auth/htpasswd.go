@@ -30,7 +30,11 @@ const (
 
 // dummyHash is compared against when the user is unknown, so that an
 // unknown user takes as long as a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("berth: no such user"), bcrypt.DefaultCost)
+// It is computed on first use, not at program start.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("berth: no such user"), bcrypt.DefaultCost)
+	return h
+})
 
 // htTable is one load of the file.
 type htTable struct {
@@ -181,7 +185,7 @@ func (h *htpasswd) check(user, pass string) bool {
 	}
 	hash, known := t.users[user]
 	if !known {
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(pass))
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(pass))
 		return false
 	}
 	if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {

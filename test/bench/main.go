@@ -8,7 +8,13 @@
 //  2. pull MiB/s of that blob: Berth versus http.ServeFile of the same file;
 //  3. images/s pushing and pulling -images small images (one 1 MiB layer,
 //     a config, a manifest) at concurrency 1, 4 and 8;
-//  4. Berth's peak RSS in each phase, and while a -big MiB blob is pushed.
+//  4. Berth's peak RSS in each phase, and while a -big MiB blob is pushed;
+//  5. with -cluster (default), a three-member cluster on S3 (versitygw) and
+//     DynamoDB (dynalite) behind HAProxy: the -size MiB blob pushed and
+//     pulled at its repository's owner versus through another member,
+//     1 MiB images direct to the owner versus through HAProxy, and the
+//     latency of small requests at the owner versus through another
+//     member (clusterbench.go).
 //
 // Throughputs are the median of -runs runs (after -warmup untimed rounds),
 // interleaved between the servers so that drift on a shared machine hits
@@ -42,9 +48,9 @@ var client = &http.Client{Transport: &http.Transport{
 }}
 
 type options struct {
-	size, big, images, runs, warmup int
-	bin, dir                        string
-	json, keep                      bool
+	size, big, images, runs, warmup, hop int
+	bin, dir                             string
+	json, keep, single, cluster          bool
 }
 
 func main() {
@@ -59,6 +65,9 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "parent of the temp dir holding both servers' storage (default: $TMPDIR)")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON on stdout (the table goes to stderr)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir")
+	flag.BoolVar(&o.single, "single", true, "run the single-node section (Berth versus plain servers)")
+	flag.BoolVar(&o.cluster, "cluster", true, "run the cluster section (3 members on S3 + DynamoDB, HAProxy)")
+	flag.IntVar(&o.hop, "hop-requests", 2000, "requests of each kind for the cluster's hop latency")
 	flag.Parse()
 	if *plain != "" {
 		if err := plainServe(*plain); err != nil {
@@ -126,6 +135,24 @@ func run(o options) error {
 			return err
 		}
 	}
+	res := &results{Machine: machine(tmp), Options: o}
+	logf("%s", res.Machine)
+	if o.single {
+		if err := benchSingle(o, tmp, res); err != nil {
+			return err
+		}
+	}
+	if o.cluster {
+		if err := benchCluster(o, filepath.Join(tmp, "cluster"), res); err != nil {
+			return err
+		}
+	}
+	res.print(o.json)
+	return nil
+}
+
+// benchSingle compares one Berth on the fs driver with the plain servers.
+func benchSingle(o options, tmp string, res *results) error {
 	bdir, pdir := filepath.Join(tmp, "berth"), filepath.Join(tmp, "plain")
 	for _, d := range []string{bdir, pdir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -137,14 +164,14 @@ func run(o options) error {
 		return err
 	}
 	atExit(b.stop)
+	defer b.stop() // before the cluster section starts
 	p, err := startPlain(pdir)
 	if err != nil {
 		return err
 	}
 	atExit(p.stop)
+	defer p.stop()
 
-	res := &results{Machine: machine(tmp), Options: o}
-	logf("%s", res.Machine)
 	if err := benchBig(o, b, p, res); err != nil {
 		return err
 	}
@@ -158,7 +185,6 @@ func run(o options) error {
 			return err
 		}
 	}
-	res.print(o.json)
 	return nil
 }
 

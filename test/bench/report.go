@@ -34,6 +34,9 @@ type results struct {
 	Machine string  `json:"machine"`
 	Options options `json:"-"`
 	Rows    []row   `json:"rows"`
+	// The cluster section (clusterbench.go).
+	ClusterSetup string `json:"clusterSetup,omitempty"`
+	Cluster      []crow `json:"cluster,omitempty"`
 }
 
 // add completes r's medians, ratio and verdict and appends it.
@@ -83,15 +86,29 @@ func (res *results) print(asJSON bool) {
 		e := json.NewEncoder(os.Stdout)
 		e.SetIndent("", "  ")
 		_ = e.Encode(struct {
-			Machine string         `json:"machine"`
-			Options map[string]any `json:"options"`
-			Rows    []row          `json:"rows"`
+			Machine      string         `json:"machine"`
+			Options      map[string]any `json:"options"`
+			Rows         []row          `json:"rows"`
+			ClusterSetup string         `json:"clusterSetup,omitempty"`
+			Cluster      []crow         `json:"cluster,omitempty"`
 		}{res.Machine, map[string]any{
 			"size": res.Options.size, "big": res.Options.big, "images": res.Options.images, "runs": res.Options.runs,
-		}, res.Rows})
+			"hopRequests": res.Options.hop,
+		}, res.Rows, res.ClusterSetup, res.Cluster})
 	}
-	o := res.Options
 	fmt.Fprintf(out, "\nmachine: %s\n", res.Machine)
+	if len(res.Rows) == 0 {
+		fmt.Fprintln(out)
+	} else {
+		res.printSingle(out)
+	}
+	if res.ClusterSetup != "" {
+		printCluster(out, res)
+	}
+}
+
+func (res *results) printSingle(out io.Writer) {
+	o := res.Options
 	fmt.Fprintf(out, "options: -size %d -big %d -images %d -runs %d (median of runs; ratio = median of Berth/baseline within each run; best-run ratio = best Berth run / best baseline run)\n\n",
 		o.size, o.big, o.images, o.runs)
 	cells := [][]string{{"measurement", "unit", "Berth", "baseline", "baseline value", "ratio", "best-run ratio", "target", "result"}}

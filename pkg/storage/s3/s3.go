@@ -231,6 +231,10 @@ func newDriver(ctx context.Context, cfg Config, log zerolog.Logger, backoff time
 	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		o.Logger = sdkLogger(log)
 		o.UsePathStyle = cfg.ForcePathStyle
+		// Blobs are verified against their SHA-256 digest by the registry;
+		// the SDK's extra CRC on every upload and download only costs CPU.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
 		}
