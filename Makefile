@@ -41,10 +41,26 @@ bench: tools ## benchmarks (throughput vs plain HTTP, small images, RSS)
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/...
 	$(GO) run ./test/bench
 
+# Every fuzz target, as package:Name. Their seeds (f.Add and testdata/fuzz)
+# run as ordinary tests in `make test`.
+FUZZ_TARGETS := \
+	./pkg/auth:FuzzParseAuthorization \
+	./pkg/auth:FuzzVerifyToken \
+	./pkg/api:FuzzParseRoute \
+	./pkg/api:FuzzParseContentRange \
+	./pkg/registry:FuzzValidName \
+	./pkg/registry:FuzzParseReference \
+	./pkg/registry:FuzzParseManifest \
+	./pkg/config:FuzzConfigParse
 FUZZTIME ?= 1m
+# Time spent shrinking each new input; go test's default (1m) would eat a
+# short run.
+FUZZMINIMIZETIME ?= 10s
 fuzz: ## run each fuzz target for FUZZTIME (default 1m)
-	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthorization$$' -fuzztime $(FUZZTIME) ./pkg/auth
-	$(GO) test -run '^$$' -fuzz '^FuzzVerifyToken$$' -fuzztime $(FUZZTIME) ./pkg/auth
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $${t#*:} ($${t%%:*}) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $${t%%:*}; \
+	done
 
 clean: ## remove build outputs
 	rm -rf $(BIN)

@@ -163,11 +163,18 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr(), err)
 	}
+	srv.SetLimits(api.Limits{
+		UploadsPerClient: cfg.HTTP.MaxUploadsPerClient,
+		ReadIdle:         cfg.HTTP.ReadIdleTimeout.Std(),
+		WriteIdle:        cfg.HTTP.WriteIdleTimeout.Std(),
+	})
+	// No ReadTimeout or WriteTimeout: they would cut long transfers. The
+	// idle timeouts above bound stalled bodies and responses instead.
 	hs := &http.Server{
 		Handler:           srv,
-		ReadHeaderTimeout: 30 * time.Second,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.Std(),
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    1 << 20,
+		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          nil,
 	}

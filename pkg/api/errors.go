@@ -41,6 +41,9 @@ func newError(code errcode.ErrorCode, message string) *apiError {
 	return &apiError{Status: d.HTTPStatusCode, Code: code, Message: message}
 }
 
+// errClientBody marks a request body that could not be read to its end.
+var errClientBody = errors.New("request body broken off")
+
 // errorTable maps sentinel errors to OCI codes. The first match wins.
 var errorTable = []struct {
 	err    error
@@ -54,6 +57,7 @@ var errorTable = []struct {
 	{storage.ErrUnsupportedAlgo, errcode.ErrorCodeDigestInvalid, 0},
 	{storage.ErrDigestMismatch, errcode.ErrorCodeDigestInvalid, 0},
 	{storage.ErrSizeMismatch, errcode.ErrorCodeSizeInvalid, 0},
+	{errClientBody, errcode.ErrorCodeSizeInvalid, 0},
 	{registry.ErrManifestTooLarge, errcode.ErrorCodeManifestInvalid, http.StatusRequestEntityTooLarge},
 	{registry.ErrManifestInvalid, errcode.ErrorCodeManifestInvalid, 0},
 	{registry.ErrManifestBlob, errcode.ErrorCodeManifestBlobUnknown, 0},

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -19,6 +20,7 @@ type metrics struct {
 	bytesIn  *prometheus.CounterVec
 	bytesOut *prometheus.CounterVec
 	uploads  prometheus.Gauge
+	limited  *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -40,9 +42,13 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		uploads: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_uploads_in_progress", Help: "Upload requests (PATCH/PUT/monolithic POST) being received.",
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_http_limited_total",
+			Help: "Requests refused or cut by a limit: uploads_per_client (429), read_idle (body stalled), write_idle (client stopped reading).",
+		}, []string{"limit"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.uploads)
+		reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.uploads, m.limited)
 	}
 	return m
 }
@@ -109,7 +115,9 @@ func (c *countingWriter) Flush() {
 
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
-// countingBody counts request body bytes read.
+// countingBody counts request body bytes read. Read errors other than
+// io.EOF (the client closed the connection or stalled) are marked as
+// errClientBody: the request, not the server, is at fault.
 type countingBody struct {
 	io.ReadCloser
 	n int64
@@ -118,5 +126,8 @@ type countingBody struct {
 func (c *countingBody) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	c.n += int64(n)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w after %d bytes: %w", errClientBody, c.n, err)
+	}
 	return n, err
 }

@@ -122,6 +122,10 @@ func TestParseContentRange(t *testing.T) {
 		{"-1-3", 0, 0, false},
 		{"a-b", 0, 0, false},
 		{"0-", 0, 0, false},
+		{"+0-+9", 0, 0, false},
+		{"0- 9", 0, 0, false},
+		{"0-0x9", 0, 0, false},
+		{"0-99999999999999999999", 0, 0, false},
 	}
 	for _, tt := range tests {
 		start, end, err := parseContentRange(tt.in)

@@ -42,6 +42,8 @@ type Options struct {
 	// Cluster, when set, forwards repository requests this member does not
 	// own. Nil: a single node serves everything.
 	Cluster Forwarder
+	// Limits protect against clients that hold resources (see SetLimits).
+	Limits Limits
 }
 
 // Syncer mirrors content from upstream registries on demand.
@@ -90,6 +92,7 @@ type Server struct {
 	metrics *metrics
 	ready   atomic.Bool
 	mux     *http.ServeMux
+	lim     atomic.Pointer[limiter]
 }
 
 // New returns a Server for reg. It answers /readyz with 503 until SetReady.
@@ -98,6 +101,7 @@ func New(reg *registry.Registry, opts Options) *Server {
 		opts.MetricsPath = "/metrics"
 	}
 	s := &Server{reg: reg, opts: opts, metrics: newMetrics(opts.Metrics)}
+	s.SetLimits(opts.Limits)
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	s.mux.HandleFunc("/readyz", s.readyz)
@@ -118,10 +122,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// ServeHTTP implements http.Handler with request ids, access logs, metrics
-// and panic recovery around the routes.
+// ServeHTTP implements http.Handler with request ids, access logs, metrics,
+// idle timeouts on the body and the response, and panic recovery around the
+// routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	lim := s.lim.Load()
 	id := requestID(r)
 	w.Header().Set("X-Request-Id", id)
 	r.Header.Set("X-Request-Id", id) // kept when the request is forwarded
@@ -137,34 +143,77 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, info := reqinfo.With(base.WithContext(r.Context()))
 	r = r.WithContext(ctx)
 	logger := zerolog.Ctx(r.Context())
+	rc := http.NewResponseController(w)
+	var readIdle, writeIdle *idleDeadline
+	if lim.WriteIdle > 0 {
+		writeIdle = newIdleDeadline(lim.WriteIdle, rc.SetWriteDeadline)
+		if r.ProtoMajor == 1 {
+			// An HTTP/1 connection keeps the deadline of its previous request.
+			_ = rc.SetWriteDeadline(time.Time{})
+		}
+		w = &idleWriter{ResponseWriter: w, rc: rc, d: writeIdle}
+	}
+	if lim.ReadIdle > 0 && r.Body != nil && r.Body != http.NoBody {
+		readIdle = newIdleDeadline(lim.ReadIdle, rc.SetReadDeadline)
+		r.Body = &idleBody{ReadCloser: r.Body, d: readIdle}
+	}
 	cw := &countingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	r.Body = body
 	defer func() {
-		if p := recover(); p != nil {
-			if p == http.ErrAbortHandler {
-				panic(p)
-			}
+		p := recover()
+		if p != nil && p != http.ErrAbortHandler {
 			logger.Error().Interface("panic", p).Msg("handler panicked")
 			if cw.status == 0 {
 				writeError(cw, r, fmt.Errorf("panic: %v", p))
 			}
+			p = nil
 		}
 		status := cw.status
-		if status == 0 {
-			status = http.StatusOK
-		}
-		dur := time.Since(start)
-		s.metrics.observe(rt.Kind.String(), r.Method, status, body.n, cw.n, dur)
 		ev := logger.Info()
 		if rt.Kind == kindNone {
 			ev = logger.Debug()
 		}
+		if readIdle != nil {
+			readIdle.stop(time.Time{})
+			if readIdle.expired.Load() {
+				// Nothing came for the idle timeout: drop the connection
+				// rather than answer a client that stopped sending.
+				s.metrics.limited.WithLabelValues("read_idle").Inc()
+				ev = ev.Str("aborted", "request body idle for "+lim.ReadIdle.String())
+				status, p = http.StatusRequestTimeout, http.ErrAbortHandler
+			}
+		}
+		if writeIdle != nil {
+			final := time.Time{}
+			if r.ProtoMajor == 1 {
+				final = time.Now().Add(lim.WriteIdle) // bounds the server's last flush
+			}
+			writeIdle.stop(final)
+			if writeIdle.expired.Load() {
+				s.metrics.limited.WithLabelValues("write_idle").Inc()
+				ev = ev.Str("aborted", "client took no response data for "+lim.WriteIdle.String())
+			}
+		}
+		switch {
+		case p != nil:
+			ev = ev.Bool("connection_aborted", true)
+			if status == 0 {
+				status = statusClientClosed
+			}
+		case status == 0:
+			status = http.StatusOK
+		}
+		dur := time.Since(start)
+		s.metrics.observe(rt.Kind.String(), r.Method, status, body.n, cw.n, dur)
 		if o := info.Owner(); o != "" {
 			ev = ev.Str("owner", o)
 		}
 		ev.Int("status", status).Int64("bytes_in", body.n).Int64("bytes_out", cw.n).
 			Dur("dur", dur).Msg("request")
+		if p != nil {
+			panic(p)
+		}
 	}()
 	// API paths bypass ServeMux, which would redirect unclean paths such as
 	// /v2/a//b to cleaned ones instead of rejecting the name.
@@ -174,6 +223,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mux.ServeHTTP(cw, r)
 }
+
+// statusClientClosed is logged for a request whose connection was dropped
+// before any answer (nginx's 499); no client ever receives it.
+const statusClientClosed = 499
 
 // v2 dispatches an API request by its parsed route.
 func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
@@ -187,6 +240,11 @@ func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, newError(errcode.ErrorCodeNameInvalid, fmt.Sprintf("invalid repository name %q", rt.Repo)))
 		return
 	}
+	release, ok := s.limitUploads(w, r, rt)
+	if !ok {
+		return
+	}
+	defer release()
 	if s.opts.Auth != nil && !s.opts.Auth.Authorize(w, r, rt.Repo, s.action(r, rt)) {
 		return
 	}

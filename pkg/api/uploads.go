@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -39,7 +40,9 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rt route) e
 		}
 		defer up.Close()
 		if err := s.appendBody(r, up); err != nil {
-			_ = up.Cancel(ctx)
+			// The client never learns this session: end it even when the
+			// request's context ended with the connection.
+			_ = up.Cancel(context.WithoutCancel(ctx))
 			return err
 		}
 		if _, err := up.Commit(ctx, dgst); err != nil {
@@ -165,7 +168,9 @@ func (s *Server) appendBody(r *http.Request, up storage.Upload) error {
 	}
 	s.metrics.uploads.Inc()
 	defer s.metrics.uploads.Dec()
-	n, err := up.Append(r.Context(), r.Body)
+	// A broken-off body ends the request's context with the connection;
+	// what was received is still stored, so the session can be resumed.
+	n, err := up.Append(context.WithoutCancel(r.Context()), r.Body)
 	if err != nil {
 		return fmt.Errorf("receive upload body after %d bytes: %w", n, err)
 	}
@@ -207,12 +212,20 @@ func parseContentRange(s string) (int64, int64, error) {
 	if !ok {
 		return 0, 0, errors.New("missing '-'")
 	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
+	start, err1 := parseOffset(a)
+	end, err2 := parseOffset(b)
+	if err1 != nil || err2 != nil || end < start {
 		return 0, 0, errors.New("malformed range")
 	}
 	return start, end, nil
+}
+
+// parseOffset reads a byte offset: decimal digits only (no sign, no space).
+func parseOffset(s string) (int64, error) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, errors.New("not a byte offset")
+	}
+	return strconv.ParseInt(s, 10, 64)
 }
 
 func uploadLocation(repo, id string) string { return "/v2/" + repo + "/blobs/uploads/" + id }

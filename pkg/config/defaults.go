@@ -15,6 +15,19 @@ const (
 	DefaultGCInterval      = Duration(time.Hour) // storage.gcInterval
 	// DefaultS3ChunkSize is storage.storageDriver.chunksize (10 MiB).
 	DefaultS3ChunkSize = 2 * MinS3ChunkSize
+
+	DefaultMaxUploadsPerClient = 64                         // http.maxUploadsPerClient
+	DefaultReadIdleTimeout     = Duration(time.Minute)      // http.readIdleTimeout
+	DefaultWriteIdleTimeout    = Duration(time.Minute)      // http.writeIdleTimeout
+	DefaultReadHeaderTimeout   = Duration(30 * time.Second) // http.readHeaderTimeout
+	DefaultMaxHeaderBytes      = 1 << 20                    // http.maxHeaderBytes
+)
+
+// Bounds of the HTTP limits.
+const (
+	MinIdleTimeout    = Duration(time.Second) // http.readIdleTimeout, http.writeIdleTimeout when not 0
+	MinMaxHeaderBytes = 4 << 10               // http.maxHeaderBytes
+	MaxMaxHeaderBytes = 64 << 20              // http.maxHeaderBytes
 )
 
 // Default DynamoDB table names (storage.cacheDriver.*Tablename).
@@ -28,13 +41,20 @@ const (
 )
 
 // Default returns the complete default configuration: a single node
-// listening on all interfaces, port 5000, plain HTTP, storing under ./data
+// listening on all interfaces, port 5000, plain HTTP, with the default
+// HTTP limits, storing under ./data
 // with boltdb metadata, GC on (1h delay, every 1h), no retention, no
 // cluster, no extensions, logging at info to standard output.
 func Default() *Config {
 	c := &Config{
 		DistSpecVersion: DefaultDistSpecVersion,
-		HTTP:            HTTPConfig{Address: "", Port: DefaultPort},
+		HTTP: HTTPConfig{Address: "", Port: DefaultPort,
+			MaxUploadsPerClient: DefaultMaxUploadsPerClient,
+			ReadIdleTimeout:     DefaultReadIdleTimeout,
+			WriteIdleTimeout:    DefaultWriteIdleTimeout,
+			ReadHeaderTimeout:   DefaultReadHeaderTimeout,
+			MaxHeaderBytes:      DefaultMaxHeaderBytes,
+		},
 		Storage: StorageConfig{
 			RootDirectory: DefaultRootDirectory,
 			GCDelay:       DefaultGCDelay,
@@ -47,7 +67,8 @@ func Default() *Config {
 }
 
 // SetDefaults fills the options left unset: empty strings that have a
-// default, nil *bool switches, and the defaults inside optional blocks that
+// default, nil *bool switches, a zero http.readHeaderTimeout and
+// http.maxHeaderBytes, and the defaults inside optional blocks that
 // are present (sync, metrics, retention, s3, dynamodb); retention.delay 0
 // becomes storage.gcDelay, as in zot. It lower-cases
 // log.level and the actions of http.accessControl. Durations are left alone, since zero is a meaningful value;
@@ -58,6 +79,13 @@ func (c *Config) SetDefaults() {
 	}
 	if c.HTTP.Port == "" {
 		c.HTTP.Port = DefaultPort
+	}
+	// 0 is no limit for the other HTTP limits, but not for these two.
+	if c.HTTP.ReadHeaderTimeout == 0 {
+		c.HTTP.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.HTTP.MaxHeaderBytes == 0 {
+		c.HTTP.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
 	c.Log.Level = strings.ToLower(c.Log.Level)
 	if c.Log.Level == "" {

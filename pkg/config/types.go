@@ -49,6 +49,28 @@ type HTTPConfig struct {
 	// means any authenticated caller may do everything and anonymous
 	// callers nothing; nil without Auth means no checks at all.
 	AccessControl *AccessControlConfig `json:"accessControl,omitempty"`
+
+	// The limits below are Berth's own keys (zot has none of them).
+	// Default() carries their defaults; 0 turns a limit off, except for
+	// ReadHeaderTimeout and MaxHeaderBytes, where 0 is the default.
+
+	// MaxUploadsPerClient bounds the blob uploads with a body (PATCH, PUT,
+	// monolithic POST) in progress at once from one client IP; one more is
+	// answered 429 TOOMANYREQUESTS with Retry-After. Default 64.
+	MaxUploadsPerClient int `json:"maxUploadsPerClient"`
+	// ReadIdleTimeout is how long a request body may send nothing before
+	// the request is aborted with its connection; an upload session keeps
+	// what arrived. It bounds silence, not the whole transfer. Default 60s.
+	ReadIdleTimeout Duration `json:"readIdleTimeout"`
+	// WriteIdleTimeout is how long a response may wait for the client to
+	// read before the connection is closed. Default 60s.
+	WriteIdleTimeout Duration `json:"writeIdleTimeout"`
+	// ReadHeaderTimeout bounds the reading of a request's headers.
+	// Default 30s.
+	ReadHeaderTimeout Duration `json:"readHeaderTimeout"`
+	// MaxHeaderBytes bounds the size of a request's headers; larger ones
+	// are answered 431. Default 1 MiB.
+	MaxHeaderBytes int `json:"maxHeaderBytes"`
 }
 
 // TLSConfig names PEM files. For http.tls, Cert and Key are the server

@@ -63,11 +63,33 @@ func (h HTTPConfig) check(p *problems) {
 	if h.TLS != nil {
 		h.TLS.check(p, "http.tls")
 	}
+	h.checkLimits(p)
 	if h.Auth != nil {
 		h.Auth.check(p)
 	}
 	if h.AccessControl != nil {
 		h.AccessControl.check(p)
+	}
+}
+
+// checkLimits validates the HTTP limits.
+func (h HTTPConfig) checkLimits(p *problems) {
+	if h.MaxUploadsPerClient < 0 {
+		p.add("http.maxUploadsPerClient", "must be 0 (no limit) or more, got %d", h.MaxUploadsPerClient)
+	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{{"http.readIdleTimeout", h.ReadIdleTimeout}, {"http.writeIdleTimeout", h.WriteIdleTimeout}} {
+		if d.v != 0 && d.v < MinIdleTimeout {
+			p.add(d.field, "must be 0 (no limit) or at least %s, got %s", MinIdleTimeout, d.v)
+		}
+	}
+	if h.ReadHeaderTimeout <= 0 {
+		p.add("http.readHeaderTimeout", "must be positive, got %s", h.ReadHeaderTimeout)
+	}
+	if h.MaxHeaderBytes < MinMaxHeaderBytes || h.MaxHeaderBytes > MaxMaxHeaderBytes {
+		p.add("http.maxHeaderBytes", "must be %d..%d, got %d", MinMaxHeaderBytes, MaxMaxHeaderBytes, h.MaxHeaderBytes)
 	}
 }
 

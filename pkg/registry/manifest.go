@@ -115,6 +115,9 @@ func parseManifest(contentType string, body []byte) (*parsedManifest, error) {
 		if doc.SchemaVersion == nil || *doc.SchemaVersion != 2 {
 			return nil, fmt.Errorf("%w: schemaVersion must be 2", ErrManifestInvalid)
 		}
+		if doc.Manifests == nil && (doc.Config != nil || doc.Layers != nil) {
+			return nil, fmt.Errorf("%w: an image manifest sent as %s", ErrManifestInvalid, mt)
+		}
 		p.children = doc.Manifests
 	}
 	for _, d := range append(append([]v1.Descriptor{}, p.blobs...), p.children...) {

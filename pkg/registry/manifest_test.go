@@ -205,3 +205,14 @@ func TestParseReference(t *testing.T) {
 		}
 	}
 }
+
+// An image manifest body sent with an index media type must not be stored
+// as an empty index (its blobs would go unchecked).
+func TestParseImageAsIndex(t *testing.T) {
+	body := []byte(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+	for _, mt := range []string{MediaTypeOCIIndex, MediaTypeDockerList} {
+		if _, err := parseManifest(mt, body); !errors.Is(err, ErrManifestInvalid) {
+			t.Errorf("image manifest sent as %s: err = %v, want ErrManifestInvalid", mt, err)
+		}
+	}
+}
