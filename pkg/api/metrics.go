@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -96,6 +97,12 @@ func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 	if c.status == 0 {
 		c.status = http.StatusOK
 	}
+	if !isFile(r) {
+		// Not sendfile-able (an S3 object): copy in large pieces. The
+		// standard 32 KiB copy costs a write, and a wake-up of any proxy in
+		// between, per 32 KiB.
+		return io.CopyBuffer(writerOnly{c}, r, make([]byte, copyChunk))
+	}
 	var n int64
 	var err error
 	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
@@ -105,6 +112,19 @@ func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 	}
 	c.n += n
 	return n, err
+}
+
+// copyChunk is the write size for response bodies that are not files.
+const copyChunk = 256 << 10
+
+// isFile reports whether r is an *os.File, bare or inside the
+// io.LimitedReader http.ServeContent wraps it in (sendfile applies).
+func isFile(r io.Reader) bool {
+	if l, ok := r.(*io.LimitedReader); ok {
+		r = l.R
+	}
+	_, ok := r.(*os.File)
+	return ok
 }
 
 func (c *countingWriter) Flush() {
