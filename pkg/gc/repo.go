@@ -78,26 +78,30 @@ func (c *Collector) collectRepo(ctx context.Context, repo string, rep *Report) e
 				return err
 			}
 		}
-		removed := 0
+		var chosen []digest.Digest
+		byDigest := map[digest.Digest]*registry.Node{}
 		for _, n := range g.Unreachable(deleteReferrers) {
 			if n.Subject == "" && !deleteUntagged || !c.reg.WrittenBefore(n.PushedAt, cutoff) {
 				continue
 			}
-			if !c.opts.DryRun {
-				ok, err := c.reg.DeleteUnreachable(ctx, repo, n.Digest, deleteReferrers)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					continue
-				}
-			} else {
-				delete(g.Nodes, n.Digest)
-			}
-			removed++
-			c.record(rep, Action{Repo: repo, Kind: "manifest", Ref: n.Digest.String(), Size: n.Size})
+			chosen = append(chosen, n.Digest)
+			byDigest[n.Digest] = n
 		}
-		if removed == 0 {
+		removed := chosen
+		if !c.opts.DryRun {
+			// One compare-and-set for the round; it re-checks each choice.
+			if removed, err = c.reg.DeleteUnreachableSet(ctx, repo, chosen, deleteReferrers); err != nil {
+				return err
+			}
+		} else {
+			for _, d := range chosen {
+				delete(g.Nodes, d)
+			}
+		}
+		for _, d := range removed {
+			c.record(rep, Action{Repo: repo, Kind: "manifest", Ref: d.String(), Size: byDigest[d].Size})
+		}
+		if len(removed) == 0 {
 			break
 		}
 	}

@@ -219,34 +219,58 @@ func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst diges
 // DeleteUnreachable removes manifest dgst only if, in the index current at
 // the moment of writing, it is still unreachable (see Graph.Unreachable).
 func (r *Registry) DeleteUnreachable(ctx context.Context, repo string, dgst digest.Digest, withOrphanReferrers bool) (bool, error) {
+	done, err := r.DeleteUnreachableSet(ctx, repo, []digest.Digest{dgst}, withOrphanReferrers)
+	return len(done) == 1, err
+}
+
+// DeleteUnreachableSet removes, in one compare-and-set of index.json, the
+// manifests of want that are still unreachable in the index current at the
+// moment of writing, and returns those it removed.
+func (r *Registry) DeleteUnreachableSet(ctx context.Context, repo string, want []digest.Digest, withOrphanReferrers bool) ([]digest.Digest, error) {
+	if len(want) == 0 {
+		return nil, nil
+	}
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
 	cache := graphCache{}
-	errKept := errors.New("kept")
+	wanted := make(map[digest.Digest]bool, len(want))
+	for _, d := range want {
+		wanted[d] = true
+	}
+	var done []digest.Digest
 	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
 		g, err := r.graphOf(ctx, repo, x, "", cache, false)
 		if err != nil {
 			return err
 		}
+		done = done[:0]
 		for _, n := range g.Unreachable(withOrphanReferrers) {
-			if n.Digest == dgst {
-				x.deleteManifest(dgst)
-				return nil
+			if wanted[n.Digest] {
+				done = append(done, n.Digest)
 			}
 		}
-		return errKept
+		if len(done) == 0 {
+			return errNothing
+		}
+		gone := make(map[digest.Digest]bool, len(done))
+		for _, d := range done {
+			gone[d] = true
+		}
+		x.remove(func(d v1.Descriptor) bool { return gone[d.Digest] })
+		return nil
 	})
-	if errors.Is(err, errKept) {
-		return false, nil
+	if errors.Is(err, errNothing) {
+		return nil, nil
 	}
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	_, err = r.meta.DeleteManifest(ctx, repo, dgst.String(), ver)
-	if err != nil && !errors.Is(err, meta.ErrNotFound) {
-		return true, fmt.Errorf("forget manifest %s: %w", dgst, err)
+	for _, d := range done {
+		if _, err := r.meta.DeleteManifest(ctx, repo, d.String(), ver); err != nil && !errors.Is(err, meta.ErrNotFound) {
+			return done, fmt.Errorf("forget manifest %s: %w", d, err)
+		}
 	}
-	return true, nil
+	return done, nil
 }
 
 // WrittenBefore reports whether something storage says was written at t
