@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -323,13 +324,19 @@ func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member st
 	if unreachable(err) {
 		rt.health.markDown(member)
 		attempt, _ := r.Context().Value(keyAttempt).(int)
-		// Nothing reached the peer; a body nobody has read yet can go to the
-		// next member as it is.
-		unread := true
+		// The connection failed before the peer answered. A body nobody
+		// has read yet, or whose first bytes were kept (a stale pooled
+		// connection to a member that just died fails on the first write),
+		// goes to the next member again from its start.
+		replay := true
 		if g, ok := r.Body.(*guardBody); ok {
-			unread = !g.read.Load()
+			var body io.ReadCloser
+			body, replay = g.replay()
+			if replay {
+				r.Body = body
+			}
 		}
-		if repo, ok := r.Context().Value(keyRepo).(string); ok && unread && attempt < len(rt.Ring().Members()) {
+		if repo, ok := r.Context().Value(keyRepo).(string); ok && replay && attempt < len(rt.Ring().Members()) {
 			log.Info().Str("peer", member).Msg("retrying on the next member")
 			ctx := context.WithValue(r.Context(), keyAttempt, attempt+1)
 			r = r.WithContext(ctx)
@@ -351,17 +358,50 @@ func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member st
 // guardBody wraps a forwarded request's body: the transport closes the body
 // when a dial fails, and a retry needs it open and unread. Close is left to
 // the HTTP server, which closes the real body when the handler returns.
+//
+// It keeps the first replayBytes read, so a forward that failed on a dead
+// connection after sending only those can be replayed.
 type guardBody struct {
 	io.ReadCloser
-	read atomic.Bool
+	read     atomic.Bool
+	mu       sync.Mutex
+	kept     []byte
+	overflow bool
 }
+
+// replayBytes bounds the body bytes kept per forwarded request.
+const replayBytes = 256 << 10
 
 func (g *guardBody) Read(p []byte) (int, error) {
 	n, err := g.ReadCloser.Read(p)
 	if n > 0 {
 		g.read.Store(true)
+		g.mu.Lock()
+		if !g.overflow && len(g.kept)+n <= replayBytes {
+			g.kept = append(g.kept, p[:n]...)
+		} else {
+			g.overflow, g.kept = true, nil
+		}
+		g.mu.Unlock()
 	}
 	return n, err
+}
+
+// replay returns a body that reads again from the start, when possible.
+func (g *guardBody) replay() (io.ReadCloser, bool) {
+	if !g.read.Load() {
+		return g, true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.overflow {
+		return nil, false
+	}
+	rest := struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(g.kept), g.ReadCloser), g.ReadCloser}
+	return &guardBody{ReadCloser: rest}, true
 }
 
 func (g *guardBody) Close() error { return nil }
@@ -375,7 +415,9 @@ func unreachable(err error) bool {
 	if errors.As(err, &op) && op.Op == "dial" {
 		return true
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH)
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		// A pooled connection to a member that has died since.
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // writeError answers with the OCI error body.
