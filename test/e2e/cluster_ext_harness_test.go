@@ -145,8 +145,14 @@ func cxMetricErr(r *reg, metric string, labels ...string) (float64, error) {
 	if res.Status != http.StatusOK {
 		return 0, fmt.Errorf("GET %s/metrics: %d", r.Host, res.Status)
 	}
+	return sumMetric(res.Body, metric, labels...)
+}
+
+// sumMetric sums the samples of metric in a Prometheus text exposition
+// whose label set contains every `k="v"` in labels.
+func sumMetric(body []byte, metric string, labels ...string) (float64, error) {
 	sum := 0.0
-	sc := bufio.NewScanner(bytes.NewReader(res.Body))
+	sc := bufio.NewScanner(bytes.NewReader(body))
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 next:
 	for sc.Scan() {

@@ -4,7 +4,6 @@ package e2e
 // "sync") so that the rest of the harness can change without them.
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -145,9 +144,9 @@ func (p *syncProc) run() {
 	p.t.Cleanup(func() {
 		p.Kill()
 		if p.t.Failed() {
-			p.t.Logf("%s log tail (%s):\n%s", p.name, p.LogPath, syncTail(p.LogPath, 40))
+			p.t.Logf("%s log tail (%s):\n%s", p.name, p.LogPath, tailFile(p.LogPath, 40))
 			if out := filepath.Join(p.Dir, "output.log"); out != p.LogPath {
-				p.t.Logf("%s output:\n%s", p.name, syncTail(out, 20))
+				p.t.Logf("%s output:\n%s", p.name, tailFile(out, 20))
 			}
 		}
 	})
@@ -178,7 +177,7 @@ func (p *syncProc) start() {
 	for {
 		select {
 		case <-done:
-			p.t.Fatalf("%s exited during startup:\n%s\n%s", p.name, syncTail(filepath.Join(p.Dir, "output.log"), 30), syncTail(p.LogPath, 30))
+			p.t.Fatalf("%s exited during startup:\n%s\n%s", p.name, tailFile(filepath.Join(p.Dir, "output.log"), 30), tailFile(p.LogPath, 30))
 		default:
 		}
 		resp, err := client.Get(p.URL + p.probe)
@@ -213,18 +212,6 @@ func (p *syncProc) Restart() {
 	p.t.Helper()
 	p.Kill()
 	p.start()
-}
-
-func syncTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // syncPush writes img (v1.Image or v1.ImageIndex) to host/ref and returns
@@ -306,26 +293,9 @@ func syncMetric(t *testing.T, p *syncProc, metric string, labels ...string) floa
 	if res.Err != nil || res.Status != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %v", res.Status, res.Err)
 	}
-	sum := 0.0
-	sc := bufio.NewScanner(bytes.NewReader(res.Body))
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-next:
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, metric+"{") && !strings.HasPrefix(line, metric+" ") {
-			continue
-		}
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				continue next
-			}
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum += v
+	sum, err := sumMetric(res.Body, metric, labels...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return sum
 }
