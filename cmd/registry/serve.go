@@ -131,6 +131,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		if err != nil {
 			return err
 		}
+		defer syncer.Close() // before the stores close: copies in flight stop first
 		opts.Sync = syncer
 		go syncer.Run(ctx)
 	}

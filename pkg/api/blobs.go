@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -38,7 +39,14 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, rt route) error
 		return err
 	}
 	if rdr, ok := s.reg.Store().(storage.Redirector); ok && r.Method == http.MethodGet {
-		if _, err := s.reg.Store().Stat(r.Context(), rt.Repo, dgst); err != nil {
+		_, err := s.reg.Store().Stat(r.Context(), rt.Repo, dgst)
+		if s.syncs(err) {
+			if served, serr := s.syncedBlob(w, r, rt.Repo, dgst); served || serr != nil {
+				return serr
+			}
+			_, err = s.reg.Store().Stat(r.Context(), rt.Repo, dgst)
+		}
+		if err != nil {
 			return err
 		}
 		u, err := rdr.RedirectURL(r.Context(), rt.Repo, dgst, redirectExpiry)
@@ -52,10 +60,39 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, rt route) error
 		}
 	}
 	rd, err := s.reg.Store().Open(r.Context(), rt.Repo, dgst)
+	if s.syncs(err) {
+		if served, serr := s.syncedBlob(w, r, rt.Repo, dgst); served || serr != nil {
+			return serr
+		}
+		rd, err = s.reg.Store().Open(r.Context(), rt.Repo, dgst)
+	}
 	if err != nil {
 		return err
 	}
 	defer rd.Close()
+	return serveBlob(w, r, dgst, rd.Info().Size, rd.Info().ModTime, rd)
+}
+
+// syncs reports whether a blob the store answered err for may come from
+// upstream.
+func (s *Server) syncs(err error) bool {
+	return s.opts.Sync != nil && errors.Is(err, storage.ErrBlobUnknown)
+}
+
+// syncedBlob serves a blob the store lacks from the copy in flight from
+// upstream, when there is one (a GET may start one). served false with a
+// nil error: answer from the store.
+func (s *Server) syncedBlob(w http.ResponseWriter, r *http.Request, repo string, dgst digest.Digest) (bool, error) {
+	sb, err := s.opts.Sync.Blob(r.Context(), repo, dgst, r.Method == http.MethodGet)
+	if err != nil || sb == nil {
+		return false, err
+	}
+	defer sb.Close()
+	return true, serveBlob(w, r, dgst, sb.Size(), time.Time{}, sb)
+}
+
+// serveBlob answers a blob GET (with Range support) or HEAD from content.
+func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, modTime time.Time, content io.ReadSeeker) error {
 	h := w.Header()
 	h.Set("Docker-Content-Digest", dgst.String())
 	h.Set("ETag", `"`+dgst.String()+`"`)
@@ -63,15 +100,15 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, rt route) error
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Cache-Control", "max-age=31536000")
 	if r.Method == http.MethodHead {
-		h.Set("Content-Length", itoa(rd.Info().Size))
+		h.Set("Content-Length", itoa(size))
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	if err := checkRange(r.Header.Get("Range"), rd.Info().Size); err != nil {
+	if err := checkRange(r.Header.Get("Range"), size); err != nil {
 		return err
 	}
 	// ServeContent handles Range (206) and If-None-Match on the ETag.
-	http.ServeContent(w, r, "", rd.Info().ModTime, rd)
+	http.ServeContent(w, r, "", modTime, content)
 	return nil
 }
 

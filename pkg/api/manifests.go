@@ -18,38 +18,47 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route) e
 	m, err := s.reg.Resolve(ctx, rt.Repo, rt.Ref)
 	if s.opts.Sync != nil && (err == nil || errors.Is(err, registry.ErrManifestUnknown)) {
 		missing := err != nil
-		if serr := s.opts.Sync.Manifest(ctx, rt.Repo, rt.Ref, missing); serr != nil {
-			if missing {
-				return serr
-			}
+		synced, serr := s.opts.Sync.Manifest(ctx, rt.Repo, rt.Ref, missing)
+		switch {
+		case serr != nil && missing:
+			return serr
+		case serr != nil:
 			zerolog.Ctx(ctx).Warn().Err(serr).Msg("failed to re-check tag upstream; serving the local copy")
+		case synced != nil:
+			return writeManifest(w, r, synced.MediaType, synced.Digest, int64(len(synced.Body)), synced.Body)
 		}
 		m, err = s.reg.Resolve(ctx, rt.Repo, rt.Ref)
 	}
 	if err != nil {
 		return err
 	}
-	if !accepts(r.Header.Values("Accept"), m.MediaType) {
+	var body []byte
+	if r.Method != http.MethodHead && accepts(r.Header.Values("Accept"), m.MediaType) {
+		if body, err = s.reg.ManifestBody(ctx, rt.Repo, m); err != nil {
+			return err
+		}
+		s.reg.NotePull(rt.Repo, m.Digest)
+		m.Size = int64(len(body))
+	}
+	return writeManifest(w, r, m.MediaType, m.Digest, m.Size, body)
+}
+
+// writeManifest answers a manifest GET (with body) or HEAD, or 406 when
+// the Accept header rules its media type out.
+func writeManifest(w http.ResponseWriter, r *http.Request, mediaType, dgst string, size int64, body []byte) error {
+	if !accepts(r.Header.Values("Accept"), mediaType) {
 		return errors.Join(registry.ErrNotAcceptable,
-			errors.New("manifest is "+m.MediaType+", which the Accept header does not list"))
+			errors.New("manifest is "+mediaType+", which the Accept header does not list"))
 	}
 	h := w.Header()
-	h.Set("Content-Type", m.MediaType)
-	h.Set("Docker-Content-Digest", m.Digest)
-	h.Set("ETag", `"`+m.Digest+`"`)
-	h.Set("Content-Length", itoa(m.Size))
-	if r.Method == http.MethodHead {
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}
-	body, err := s.reg.ManifestBody(ctx, rt.Repo, m)
-	if err != nil {
-		return err
-	}
-	s.reg.NotePull(rt.Repo, m.Digest)
-	h.Set("Content-Length", itoa(int64(len(body))))
+	h.Set("Content-Type", mediaType)
+	h.Set("Docker-Content-Digest", dgst)
+	h.Set("ETag", `"`+dgst+`"`)
+	h.Set("Content-Length", itoa(size))
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"sort"
@@ -49,14 +50,37 @@ type Options struct {
 // Syncer mirrors content from upstream registries on demand.
 type Syncer interface {
 	// Manifest runs before a manifest GET or HEAD is answered; missing
-	// reports whether the registry lacks repo:ref. It fetches the image
+	// reports whether the registry lacks repo:ref. It copies the image
 	// (with everything it references) when the sync rules match and, for a
-	// reference present locally, when its re-check interval has passed.
-	// Errors matter only when missing is true: they are answered to the
-	// client.
-	Manifest(ctx context.Context, repo, ref string, missing bool) error
+	// reference present locally, when its re-check interval has passed. A
+	// non-nil manifest is upstream's, to be served while the copy goes on
+	// (the registry does not hold it yet); nil means serving the registry's
+	// own. Errors matter only when missing is true: they are answered to
+	// the client.
+	Manifest(ctx context.Context, repo, ref string, missing bool) (*SyncedManifest, error)
 	// Referrers runs before a referrers listing of repo@dgst is answered.
 	Referrers(ctx context.Context, repo string, dgst digest.Digest) error
+	// Blob runs before a GET or HEAD of a blob the registry lacks. It
+	// returns the blob when it is being copied from upstream (for an image
+	// being synced, or, with fetch set and the sync rules matching, started
+	// by this call), readable as its bytes arrive; nil means answering from
+	// the registry's store.
+	Blob(ctx context.Context, repo string, dgst digest.Digest, fetch bool) (SyncedBlob, error)
+}
+
+// SyncedManifest is a manifest fetched from upstream and being synced.
+type SyncedManifest struct {
+	Digest    string
+	MediaType string
+	Body      []byte
+}
+
+// SyncedBlob is a blob being copied from upstream: reads wait for the
+// bytes to arrive and fail when the copy does. The caller closes it.
+type SyncedBlob interface {
+	io.ReadSeekCloser
+	// Size is the blob's size.
+	Size() int64
 }
 
 // Actions a request needs on a repository (zot's names).

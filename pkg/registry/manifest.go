@@ -64,6 +64,17 @@ func nonDistributable(mediaType string) bool {
 		strings.Contains(mediaType, ".foreign.")
 }
 
+// ManifestMediaType validates a manifest as PutManifest does and returns
+// its media type: contentType's, else the one the document gives or
+// implies.
+func ManifestMediaType(contentType string, body []byte) (string, error) {
+	p, err := parseManifest(contentType, body)
+	if err != nil {
+		return "", err
+	}
+	return p.mediaType, nil
+}
+
 // parseManifest validates body sent with Content-Type contentType.
 func parseManifest(contentType string, body []byte) (*parsedManifest, error) {
 	var doc manifestDoc

@@ -128,21 +128,11 @@ func (r *Registry) deriveManifest(ctx context.Context, repo, mediaType string, d
 }
 
 // FindBlob returns a repository other than exclude that holds dgst, for
-// mounts that name no source repository.
+// mounts that name no source repository: one the blob index names, else
+// the first found by looking through every repository.
 func (r *Registry) FindBlob(ctx context.Context, dgst digest.Digest, exclude string) (string, error) {
-	if bl, ok := r.meta.(meta.BlobLocator); ok {
-		repos, err := bl.BlobRepos(ctx, dgst.String(), 16)
-		if err != nil {
-			return "", err
-		}
-		for _, repo := range repos {
-			if repo == exclude {
-				continue
-			}
-			if _, err := r.store.Stat(ctx, repo, dgst); err == nil {
-				return repo, nil
-			}
-		}
+	if repo, err := r.LocateBlob(ctx, dgst, exclude); err == nil || !errors.Is(err, storage.ErrBlobUnknown) {
+		return repo, err
 	}
 	var found string
 	stop := errors.New("found")
@@ -161,6 +151,30 @@ func (r *Registry) FindBlob(ctx context.Context, dgst digest.Digest, exclude str
 	}
 	if err != nil && !errors.Is(err, stop) {
 		return "", err
+	}
+	return "", storage.ErrBlobUnknown
+}
+
+// LocateBlob returns a repository other than exclude that the metadata
+// store's blob index names as holding dgst, checked against the storage;
+// storage.ErrBlobUnknown when there is none (or no index). It is cheap:
+// no listing of repositories.
+func (r *Registry) LocateBlob(ctx context.Context, dgst digest.Digest, exclude string) (string, error) {
+	bl, ok := r.meta.(meta.BlobLocator)
+	if !ok {
+		return "", storage.ErrBlobUnknown
+	}
+	repos, err := bl.BlobRepos(ctx, dgst.String(), 16)
+	if err != nil {
+		return "", err
+	}
+	for _, repo := range repos {
+		if repo == exclude {
+			continue
+		}
+		if _, err := r.store.Stat(ctx, repo, dgst); err == nil {
+			return repo, nil
+		}
 	}
 	return "", storage.ErrBlobUnknown
 }

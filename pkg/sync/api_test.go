@@ -52,6 +52,7 @@ func TestThroughAPI(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	settle(t, e.s)
 	if n := up.count("GET", "/v2/lib/app/manifests/1"); n != 1 {
 		t.Errorf("upstream manifest GETs = %d, want 1", n)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	gosync "sync"
 
@@ -69,36 +68,43 @@ type manifestDoc struct {
 
 // copyImage copies repo:ref (with everything it references and its
 // referrers) from the first mirror that answers, and returns its digest.
-func (s *Syncer) copyImage(ctx context.Context, src source, ref, mode string) (digest.Digest, error) {
+// img, when set, is the copy in flight that clients are answered from.
+func (s *Syncer) copyImage(ctx context.Context, src source, ref, mode string, img *liveImage) (digest.Digest, error) {
+	var tags []string
+	if _, tag, _ := registry.ParseReference(ref); tag != "" {
+		tags = []string{tag}
+	}
 	var err error
 	for i, u := range src.reg.mirrors {
 		var d digest.Digest
-		d, err = s.copyFrom(ctx, u, src, ref, mode)
+		d, err = s.copyFrom(ctx, u, src, ref, tags, mode, img)
 		if err == nil || !errors.Is(err, storage.ErrUnavailable) || i == len(src.reg.mirrors)-1 {
 			return d, err
+		}
+		if top := s.live.published(img); top != nil {
+			ref = top.digest.String() // what clients were given, from the next mirror
 		}
 		s.logger(ctx, src).Warn().Err(err).Str("mirror", u.String()).Msg("upstream mirror unavailable, trying the next one")
 	}
 	return "", err
 }
 
-// copyFrom copies one image from mirror u. The top manifest and its tag are
-// written last, after everything it references is stored: a failure leaves
-// no tag and no manifest pointing at missing content.
-func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref, mode string) (digest.Digest, error) {
+// copyFrom copies one image from mirror u. Its manifest is given to the
+// clients waiting on img once known (and, with onlySigned, once its
+// signature is found), but stored last, after everything it references,
+// with its tags: a failure leaves no tag and no manifest pointing at
+// missing content.
+func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref string, tags []string, mode string, img *liveImage) (digest.Digest, error) {
 	log := s.logger(ctx, src).With().Str("ref", ref).Str("mirror", u.String()).Logger()
 	s.m.fetches.WithLabelValues(src.reg.label).Inc()
-	top, err := u.manifest(ctx, src.upstream, ref)
+	top, err := s.fetchManifest(ctx, u, src, ref, "")
 	if err != nil {
 		return "", err
-	}
-	var tags []string
-	if _, tag, _ := registry.ParseReference(ref); tag != "" {
-		tags = []string{tag}
 	}
 	reg := s.deps.Registry
 	if _, err := reg.Resolve(ctx, src.local, top.digest.String()); err == nil {
 		// Known content under a new tag: only the tag moves.
+		s.live.publish(img, top)
 		if err := s.put(ctx, src, top, tags); err != nil {
 			return "", err
 		}
@@ -106,13 +112,19 @@ func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref, mod
 		return top.digest, nil
 	}
 
-	refs := s.referrerPlan(ctx, u, src, top.digest, log)
-	if src.reg.onlySigned && !refs.signed {
-		return "", errUnsigned
+	var refs refPlan
+	if src.reg.onlySigned {
+		if refs = s.referrerPlan(ctx, u, src, top.digest, log); !refs.signed {
+			return "", errUnsigned
+		}
 	}
+	s.live.publish(img, top)
 	main := newPlan()
-	if err := s.walk(ctx, u, src, top, main, 0); err != nil {
+	if err := s.walk(ctx, u, src, top, main, 0, img); err != nil {
 		return "", err
+	}
+	if !src.reg.onlySigned {
+		refs = s.referrerPlan(ctx, u, src, top.digest, log)
 	}
 	if err := s.copyBlobs(ctx, u, src, main.blobs); err != nil {
 		return "", err
@@ -140,6 +152,25 @@ func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref, mod
 	return top.digest, nil
 }
 
+// fetchManifest GETs ref from u and checks it as the registry will when
+// storing it, settling its media type (upstream's, else the one the
+// document gives or implies; mediaType when upstream gives none).
+func (s *Syncer) fetchManifest(ctx context.Context, u *upstream, src source, ref, mediaType string) (*fetched, error) {
+	f, err := u.manifest(ctx, src.upstream, ref)
+	if err != nil {
+		return nil, err
+	}
+	if f.mediaType == "" {
+		f.mediaType = mediaType
+	}
+	mt, err := registry.ManifestMediaType(f.mediaType, f.body)
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s@%s: %w", src.upstream, f.digest, err)
+	}
+	f.mediaType = mt
+	return f, nil
+}
+
 // put stores a fetched manifest under its own digest (so the digest is
 // upstream's whatever its algorithm) and points tags at it.
 func (s *Syncer) put(ctx context.Context, src source, f *fetched, tags []string) error {
@@ -151,18 +182,15 @@ func (s *Syncer) put(ctx context.Context, src source, f *fetched, tags []string)
 }
 
 // walk adds what f references to p: blobs of an image; for an index, every
-// child manifest not present locally (fetched, walked, and added before
-// the index that names it).
-func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, p *plan, depth int) error {
+// child manifest not present locally (fetched, made servable through img,
+// walked, and added before the index that names it).
+func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, p *plan, depth int, img *liveImage) error {
 	if depth > maxDepth {
 		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: errors.New("indexes nested too deep")}
 	}
 	var doc manifestDoc
 	if err := json.Unmarshal(f.body, &doc); err != nil {
 		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: fmt.Errorf("manifest: %v", err)}
-	}
-	if f.mediaType == "" && doc.MediaType == "" && doc.Manifests != nil {
-		f.mediaType = registry.MediaTypeOCIIndex
 	}
 	if doc.Config != nil {
 		p.addBlob(*doc.Config)
@@ -180,14 +208,12 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 		if _, err := s.deps.Registry.Resolve(ctx, src.local, child.Digest.String()); err == nil {
 			continue
 		}
-		cf, err := u.manifest(ctx, src.upstream, child.Digest.String())
+		cf, err := s.fetchManifest(ctx, u, src, child.Digest.String(), child.MediaType)
 		if err != nil {
 			return err
 		}
-		if cf.mediaType == "" {
-			cf.mediaType = child.MediaType
-		}
-		if err := s.walk(ctx, u, src, cf, p, depth+1); err != nil {
+		s.live.addManifest(img, cf)
+		if err := s.walk(ctx, u, src, cf, p, depth+1, img); err != nil {
 			return err
 		}
 		p.manifests = append(p.manifests, planned{f: cf})
@@ -209,10 +235,14 @@ type refPlan struct {
 	signed bool
 }
 
+// cosignSuffixes are the suffixes of cosign's legacy tags for an image's
+// signature, attestations and SBOM ("sha256-<hex>.sig" and so on).
+var cosignSuffixes = []string{".sig", ".att", ".sbom"}
+
 // referrerPlan collects dgst's referrers missing locally (from the
-// referrers API, or the tag schema) and a legacy cosign signature tag
-// ("sha256-<hex>.sig"). Referrers are best effort: a failure is logged and
-// the image is synced without them.
+// referrers API, or the tag schema) and cosign's legacy signature,
+// attestation and SBOM tags. Referrers are best effort: a failure is
+// logged and the image is synced without them.
 func (s *Syncer) referrerPlan(ctx context.Context, u *upstream, src source, dgst digest.Digest, log zerolog.Logger) refPlan {
 	rp := refPlan{plan: newPlan()}
 	descs, err := u.referrers(ctx, src.upstream, dgst)
@@ -227,15 +257,19 @@ func (s *Syncer) referrerPlan(ctx context.Context, u *upstream, src source, dgst
 			log.Warn().Err(err).Str("referrer", d.Digest.String()).Msg("failed to fetch a referrer")
 		}
 	}
-	sig := referrersTag(dgst) + ".sig"
-	ok, err := u.exists(ctx, src.upstream, sig)
-	if ok {
-		err = s.addManifest(ctx, u, src, sig, "", []string{sig}, rp.plan)
+	for _, suffix := range cosignSuffixes {
+		tag := referrersTag(dgst) + suffix
+		ok, err := u.exists(ctx, src.upstream, tag)
+		if ok {
+			err = s.addManifest(ctx, u, src, tag, "", []string{tag}, rp.plan)
+		}
+		if err != nil {
+			log.Warn().Err(err).Str("tag", tag).Msg("failed to fetch a cosign tag")
+		}
+		if suffix == ".sig" {
+			rp.signed = rp.signed || (ok && err == nil)
+		}
 	}
-	if err != nil {
-		log.Warn().Err(err).Str("tag", sig).Msg("failed to fetch a signature tag")
-	}
-	rp.signed = rp.signed || (ok && err == nil)
 	return rp
 }
 
@@ -247,7 +281,7 @@ func (s *Syncer) addManifest(ctx context.Context, u *upstream, src source, ref, 
 			return nil
 		}
 	}
-	f, err := u.manifest(ctx, src.upstream, ref)
+	f, err := s.fetchManifest(ctx, u, src, ref, mediaType)
 	if err != nil {
 		return err
 	}
@@ -255,11 +289,8 @@ func (s *Syncer) addManifest(ctx context.Context, u *upstream, src source, ref, 
 		return nil
 	}
 	p.seen[f.digest] = true
-	if f.mediaType == "" {
-		f.mediaType = mediaType
-	}
 	sub := &plan{seen: p.seen}
-	if err := s.walk(ctx, u, src, f, sub, 0); err != nil {
+	if err := s.walk(ctx, u, src, f, sub, 0, nil); err != nil {
 		return err
 	}
 	p.blobs = append(p.blobs, sub.blobs...)
@@ -298,51 +329,16 @@ func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs [
 	return context.Cause(ctx)
 }
 
-// copyBlob streams one blob from upstream into a local upload and commits
-// it under its digest, which the store verifies.
+// copyBlob makes one blob of an image present locally, joining the copy
+// in flight when a client's request started it already.
 func (s *Syncer) copyBlob(ctx context.Context, u *upstream, src source, d v1.Descriptor) error {
-	store := s.deps.Registry.Store()
-	if _, err := store.Stat(ctx, src.local, d.Digest); err == nil {
-		return nil
+	b := s.blob(ctx, src, d, []*upstream{u}, true)
+	select {
+	case <-b.done:
+		return b.result()
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	if err := storage.ValidateDigest(d.Digest); err != nil {
-		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
-	}
-	return u.retry(ctx, func() error {
-		resp, err := u.open(ctx, http.MethodGet, "/v2/"+src.upstream+"/blobs/"+d.Digest.String(), pullScope(src.upstream), "", http.StatusOK)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		up, err := store.NewUpload(ctx, src.local)
-		if err != nil {
-			return fmt.Errorf("start upload in %s: %w", src.local, err)
-		}
-		defer up.Close()
-		body := &readTracker{r: resp.Body}
-		var r io.Reader = body
-		if d.Size > 0 {
-			r = io.LimitReader(body, d.Size)
-		}
-		n, err := up.Append(ctx, r)
-		if err != nil {
-			_ = up.Cancel(context.WithoutCancel(ctx))
-			if body.err != nil {
-				return classifyTransportError(ctx, body.err)
-			}
-			return fmt.Errorf("store blob %s in %s: %w", d.Digest, src.local, err)
-		}
-		if _, err := up.Commit(ctx, d.Digest); err != nil {
-			_ = up.Cancel(context.WithoutCancel(ctx))
-			if errors.Is(err, storage.ErrDigestMismatch) || errors.Is(err, storage.ErrSizeMismatch) {
-				return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
-			}
-			return fmt.Errorf("commit blob %s in %s: %w", d.Digest, src.local, err)
-		}
-		s.deps.Registry.NoteBlob(ctx, src.local, d.Digest)
-		s.m.bytes.WithLabelValues(src.reg.label).Add(float64(n))
-		return nil
-	})
 }
 
 // readTracker remembers the error of the reader it wraps, to tell upstream

@@ -19,11 +19,10 @@ type flight struct {
 	err  error
 }
 
-// do runs fn for key, or joins the run in progress. fn gets a context
-// detached from the caller's (values kept, cancellation not) and bounded by
-// onDemandTimeout, so one client hanging up does not fail the others; a
-// caller whose own context ends stops waiting.
-func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Context) error) error {
+// do runs fn for key, or joins the run in progress. fn runs through spawn
+// (detached from the caller's cancellation, so one client hanging up does
+// not fail the others); a caller whose own context ends stops waiting.
+func (g *flightGroup) do(ctx context.Context, key string, spawn func(context.Context, func(context.Context)), fn func(context.Context) error) error {
 	g.mu.Lock()
 	f, ok := g.m[key]
 	if !ok {
@@ -32,15 +31,13 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		}
 		f = &flight{done: make(chan struct{})}
 		g.m[key] = f
-		go func() {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), onDemandTimeout)
-			defer cancel()
+		spawn(ctx, func(fctx context.Context) {
 			f.err = fn(fctx)
 			g.mu.Lock()
 			delete(g.m, key)
 			g.mu.Unlock()
 			close(f.done)
-		}()
+		})
 	}
 	g.mu.Unlock()
 	select {

@@ -39,6 +39,55 @@ type fakeUpstream struct {
 	counts map[string]int                    // "METHOD PATH" -> requests
 	fail   func(r *http.Request) (int, bool) // answer this status instead
 	gate   chan struct{}                     // when set, manifest GETs wait for it
+	hold   map[string]*heldBlob              // blob digest -> pause of its GETs
+}
+
+// heldBlob pauses the body of a blob's GETs after some bytes until
+// released.
+type heldBlob struct {
+	after   int
+	release chan struct{}
+}
+
+// holdBlob makes GETs of blob dgst send after bytes, then wait until the
+// returned function is called.
+func (u *fakeUpstream) holdBlob(dgst string, after int) (release func()) {
+	h := &heldBlob{after: after, release: make(chan struct{})}
+	u.mu.Lock()
+	if u.hold == nil {
+		u.hold = map[string]*heldBlob{}
+	}
+	u.hold[dgst] = h
+	u.mu.Unlock()
+	var once gosync.Once
+	return func() { once.Do(func() { close(h.release) }) }
+}
+
+// pausingWriter passes a response through, stopping once after bytes
+// until release.
+type pausingWriter struct {
+	http.ResponseWriter
+	h       *heldBlob
+	written int
+}
+
+func (w *pausingWriter) Write(p []byte) (int, error) {
+	if w.written < w.h.after && w.written+len(p) >= w.h.after {
+		k := w.h.after - w.written
+		n, err := w.ResponseWriter.Write(p[:k])
+		w.written += n
+		if err != nil {
+			return n, err
+		}
+		w.ResponseWriter.(http.Flusher).Flush()
+		<-w.h.release
+		m, err := w.ResponseWriter.Write(p[k:])
+		w.written += m
+		return n + m, err
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.written += n
+	return n, err
 }
 
 // newUpstream starts an upstream; referrers turns on the referrers API
@@ -51,7 +100,14 @@ func newUpstream(t *testing.T, referrers bool) *fakeUpstream {
 		u.mu.Lock()
 		u.counts[r.Method+" "+r.URL.Path]++
 		fail, gate := u.fail, u.gate
+		var held *heldBlob
+		if i := strings.LastIndex(r.URL.Path, "/blobs/"); i >= 0 && r.Method == http.MethodGet {
+			held = u.hold[r.URL.Path[i+len("/blobs/"):]]
+		}
 		u.mu.Unlock()
+		if held != nil {
+			w = &pausingWriter{ResponseWriter: w, h: held}
+		}
 		if fail != nil {
 			if status, ok := fail(r); ok {
 				w.Header().Set("Content-Type", "application/json")
@@ -200,7 +256,38 @@ func newSyncEnv(t *testing.T, regs []config.SyncRegistry, deps func(*Deps)) *syn
 		t.Fatalf("sync.New: %v", err)
 	}
 	e.s = s
+	t.Cleanup(s.Close) // before the temp dirs go
 	return e
+}
+
+// pull asks for repo:ref as a client's manifest GET or HEAD does and waits
+// for the copies it started to end; it returns the error the client gets.
+func (e *syncEnv) pull(t *testing.T, repo, ref string, missing bool) error {
+	t.Helper()
+	_, err := e.s.Manifest(t.Context(), repo, ref, missing)
+	settle(t, e.s)
+	return err
+}
+
+// settle waits until s has no copy in flight.
+func settle(t *testing.T, s *Syncer) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		s.live.mu.Lock()
+		n := len(s.live.images) + len(s.live.blobs)
+		s.live.mu.Unlock()
+		s.flights.mu.Lock()
+		n += len(s.flights.m)
+		s.flights.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d copies still in flight after a minute", n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // digest returns the local digest of repo:ref, or "" when absent.

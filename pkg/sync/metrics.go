@@ -25,6 +25,7 @@ type metrics struct {
 	bytes   *prometheus.CounterVec // registry
 	errors  *prometheus.CounterVec // registry, kind
 	fetches *prometheus.CounterVec // registry
+	mounts  *prometheus.CounterVec // registry
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -45,9 +46,13 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "berth_sync_upstream_fetches_total",
 			Help: "Image fetches from upstream: one per GET of an image's top-level manifest (children and referrers are not counted).",
 		}, []string{"registry"}),
+		mounts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_sync_blobs_mounted_total",
+			Help: "Blobs of synced images linked from another local repository instead of downloaded.",
+		}, []string{"registry"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.images, m.bytes, m.errors, m.fetches)
+		reg.MustRegister(m.images, m.bytes, m.errors, m.fetches, m.mounts)
 	}
 	return m
 }

@@ -31,7 +31,7 @@ func TestOnDemandImagePreservesDigestAndMediaType(t *testing.T) {
 	ctx := t.Context()
 
 	for tag, want := range map[string]v1.Hash{"docker": dd, "oci": od} {
-		if err := e.s.Manifest(ctx, "library/alpine", tag, true); err != nil {
+		if err := e.pull(t, "library/alpine", tag, true); err != nil {
 			t.Fatalf("Manifest(%s): %v", tag, err)
 		}
 		m, err := e.reg.Resolve(ctx, "library/alpine", tag)
@@ -60,7 +60,7 @@ func TestOnDemandImagePreservesDigestAndMediaType(t *testing.T) {
 	}
 	// Pulling by digest is served locally now: no new upstream request.
 	before := up.total("GET /v2/library/alpine/manifests/")
-	if err := e.s.Manifest(ctx, "library/alpine", dd.String(), false); err != nil {
+	if err := e.pull(t, "library/alpine", dd.String(), false); err != nil {
 		t.Fatal(err)
 	}
 	if after := up.total("GET /v2/library/alpine/manifests/"); after != before {
@@ -95,7 +95,7 @@ func TestOnDemandIndexAndReferrers(t *testing.T) {
 
 			e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
 			ctx := t.Context()
-			if err := e.s.Manifest(ctx, "multi/arch", "v1", true); err != nil {
+			if err := e.pull(t, "multi/arch", "v1", true); err != nil {
 				t.Fatal(err)
 			}
 			if got := e.digest(t, "multi/arch", "v1"); got != id.String() {
@@ -133,7 +133,7 @@ func TestOnDemandReferrersHook(t *testing.T) {
 	d := up.push(t, "app:1", img)
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
 	ctx := t.Context()
-	if err := e.s.Manifest(ctx, "app", "1", true); err != nil {
+	if err := e.pull(t, "app", "1", true); err != nil {
 		t.Fatal(err)
 	}
 	// A referrer pushed upstream later arrives with the next listing.
@@ -164,7 +164,6 @@ func TestOnDemandSingleFlight(t *testing.T) {
 	up := newUpstream(t, true)
 	want := up.push(t, "busy/box:1.0", randomImage(t, 4096, 3))
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
-	ctx := t.Context()
 
 	gate := make(chan struct{})
 	up.mu.Lock()
@@ -177,7 +176,7 @@ func TestOnDemandSingleFlight(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- e.s.Manifest(ctx, "busy/box", "1.0", true)
+			errs <- e.pull(t, "busy/box", "1.0", true)
 		}()
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -208,7 +207,6 @@ func TestOnDemandNotFound(t *testing.T) {
 	up := newUpstream(t, true)
 	up.push(t, "exists:1", randomImage(t, 64, 1))
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
-	ctx := t.Context()
 	for _, ref := range []string{"exists:2", "missing:1", "missing@sha256:" + strings.Repeat("ab", 32)} {
 		repo, r, ok := strings.Cut(ref, ":")
 		if strings.Contains(ref, "@") {
@@ -217,7 +215,7 @@ func TestOnDemandNotFound(t *testing.T) {
 		if !ok {
 			t.Fatal(ref)
 		}
-		if err := e.s.Manifest(ctx, repo, r, true); err != nil {
+		if err := e.pull(t, repo, r, true); err != nil {
 			t.Errorf("Manifest(%s) = %v, want nil", ref, err)
 		}
 		if e.digest(t, repo, r) != "" {
@@ -233,7 +231,7 @@ func TestOnDemandUnavailable(t *testing.T) {
 		return http.StatusInternalServerError, strings.Contains(r.URL.Path, "/manifests/")
 	})
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil) // maxRetries 2
-	err := e.s.Manifest(t.Context(), "app", "1", true)
+	err := e.pull(t, "app", "1", true)
 	if !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("Manifest = %v, want ErrUnavailable", err)
 	}
@@ -246,7 +244,7 @@ func TestOnDemandUnavailable(t *testing.T) {
 
 	// Unreachable: connection refused.
 	e2 := newSyncEnv(t, []config.SyncRegistry{regConfig("http://" + deadAddr(t))}, nil)
-	if err := e2.s.Manifest(t.Context(), "app", "1", true); !errors.Is(err, storage.ErrUnavailable) {
+	if err := e2.pull(t, "app", "1", true); !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("Manifest (refused) = %v, want ErrUnavailable", err)
 	}
 }
@@ -270,7 +268,7 @@ func TestOnDemandRetryAfter(t *testing.T) {
 		d.Transport = retryAfterTransport{http.DefaultTransport}
 	})
 	start := time.Now()
-	if err := e.s.Manifest(t.Context(), "app", "1", true); err != nil {
+	if err := e.pull(t, "app", "1", true); err != nil {
 		t.Fatal(err)
 	}
 	if el := time.Since(start); el < time.Second {
@@ -306,8 +304,15 @@ func TestOnDemandNoHalfSyncedImage(t *testing.T) {
 	})
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
 	ctx := t.Context()
-	if err := e.s.Manifest(ctx, "app", "1", true); !errors.Is(err, storage.ErrUnavailable) {
-		t.Fatalf("Manifest = %v, want ErrUnavailable", err)
+	// The client gets the manifest at once (the copy goes on), and a clean
+	// 503 for the blob upstream fails to give.
+	m, err := e.s.Manifest(ctx, "app", "1", true)
+	if err != nil || m == nil || m.Digest != want.String() {
+		t.Fatalf("Manifest = %+v, %v; want upstream's %s", m, err, want)
+	}
+	settle(t, e.s)
+	if _, err := e.s.Blob(ctx, "app", digest.Digest(second.String()), true); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Blob = %v, want ErrUnavailable", err)
 	}
 	if e.digest(t, "app", "1") != "" || e.digest(t, "app", want.String()) != "" {
 		t.Fatal("a half-synced image is visible")
@@ -317,7 +322,7 @@ func TestOnDemandNoHalfSyncedImage(t *testing.T) {
 	}
 	// Upstream recovers: the next request completes the image.
 	up.setFail(nil)
-	if err := e.s.Manifest(ctx, "app", "1", true); err != nil {
+	if err := e.pull(t, "app", "1", true); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.digest(t, "app", "1"); got != want.String() {
@@ -329,8 +334,7 @@ func TestOnDemandRecheckInterval(t *testing.T) {
 	up := newUpstream(t, true)
 	first := up.push(t, "app:latest", randomImage(t, 64, 1))
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil) // no pollInterval: 5m
-	ctx := t.Context()
-	if err := e.s.Manifest(ctx, "app", "latest", true); err != nil {
+	if err := e.pull(t, "app", "latest", true); err != nil {
 		t.Fatal(err)
 	}
 	second := up.push(t, "app:latest", randomImage(t, 64, 1))
@@ -338,14 +342,14 @@ func TestOnDemandRecheckInterval(t *testing.T) {
 	heads := func() int { return up.count("HEAD", "/v2/app/manifests/latest") - pushHeads }
 
 	e.clock.Advance(4 * time.Minute)
-	if err := e.s.Manifest(ctx, "app", "latest", false); err != nil {
+	if err := e.pull(t, "app", "latest", false); err != nil {
 		t.Fatal(err)
 	}
 	if heads() != 0 || e.digest(t, "app", "latest") != first.String() {
 		t.Fatalf("re-checked within the interval: %d HEADs, digest %s", heads(), e.digest(t, "app", "latest"))
 	}
 	e.clock.Advance(2 * time.Minute)
-	if err := e.s.Manifest(ctx, "app", "latest", false); err != nil {
+	if err := e.pull(t, "app", "latest", false); err != nil {
 		t.Fatal(err)
 	}
 	if heads() != 1 {
@@ -357,7 +361,7 @@ func TestOnDemandRecheckInterval(t *testing.T) {
 	// Unchanged upstream: a HEAD, no GET.
 	gets := up.count("GET", "/v2/app/manifests/latest")
 	e.clock.Advance(6 * time.Minute)
-	if err := e.s.Manifest(ctx, "app", "latest", false); err != nil {
+	if err := e.pull(t, "app", "latest", false); err != nil {
 		t.Fatal(err)
 	}
 	if heads() != 2 || up.count("GET", "/v2/app/manifests/latest") != gets {
@@ -382,8 +386,7 @@ func TestOnDemandRulesAndMirrors(t *testing.T) {
 		Tags: &config.SyncTags{Regex: ptr(`^[0-9]`)},
 	}}
 	e := newSyncEnv(t, []config.SyncRegistry{rc}, nil)
-	ctx := t.Context()
-	if err := e.s.Manifest(ctx, "docker/alpine", "3.20", true); err != nil {
+	if err := e.pull(t, "docker/alpine", "3.20", true); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.digest(t, "docker/alpine", "3.20"); got != want.String() {
@@ -391,7 +394,7 @@ func TestOnDemandRulesAndMirrors(t *testing.T) {
 	}
 	// Names and tags outside the rules are not fetched.
 	for _, ref := range [][2]string{{"docker/alpine", "edge"}, {"library/alpine", "3.20"}, {"alpine", "3.20"}} {
-		if err := e.s.Manifest(ctx, ref[0], ref[1], true); err != nil || e.digest(t, ref[0], ref[1]) != "" {
+		if err := e.pull(t, ref[0], ref[1], true); err != nil || e.digest(t, ref[0], ref[1]) != "" {
 			t.Errorf("%s:%s synced (%v)", ref[0], ref[1], err)
 		}
 	}
@@ -407,7 +410,7 @@ func TestSelfURLDropped(t *testing.T) {
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(me.URL, up.URL)}, func(d *Deps) {
 		d.Self = []string{me.Host}
 	})
-	if err := e.s.Manifest(t.Context(), "app", "1", true); err != nil {
+	if err := e.pull(t, "app", "1", true); err != nil {
 		t.Fatal(err)
 	}
 	if e.digest(t, "app", "1") != want.String() || me.total("") != 0 {
@@ -437,11 +440,10 @@ func TestOnlySigned(t *testing.T) {
 	rc := regConfig(up.URL)
 	rc.OnlySigned = ptr(true)
 	e := newSyncEnv(t, []config.SyncRegistry{rc}, nil)
-	ctx := t.Context()
-	if err := e.s.Manifest(ctx, "app", "unsigned", true); err != nil || e.digest(t, "app", "unsigned") != "" {
+	if err := e.pull(t, "app", "unsigned", true); err != nil || e.digest(t, "app", "unsigned") != "" {
 		t.Errorf("unsigned image synced: %v", err)
 	}
-	if err := e.s.Manifest(ctx, "app", "signed", true); err != nil || e.digest(t, "app", "signed") != signedDigest.String() {
+	if err := e.pull(t, "app", "signed", true); err != nil || e.digest(t, "app", "signed") != signedDigest.String() {
 		t.Errorf("signed image not synced: %v", err)
 	}
 }
@@ -464,7 +466,7 @@ func TestOnDemandBearerAuth(t *testing.T) {
 		d.Transport = authTransport{inner: http.DefaultTransport, realm: tokenHost + "/token"}
 	})
 	// No credentials: denied is not found for the client (404), and counted.
-	if err := e.s.Manifest(t.Context(), "private/app", "1", true); err != nil || e.digest(t, "private/app", "1") != "" {
+	if err := e.pull(t, "private/app", "1", true); err != nil || e.digest(t, "private/app", "1") != "" {
 		t.Fatalf("without credentials: %v", err)
 	}
 	if counter(t, e.s.m.errors, up.Host, kindAuth) == 0 {
@@ -479,9 +481,11 @@ func TestOnDemandBearerAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Manifest(t.Context(), "private/app", "1", true); err != nil {
+	t.Cleanup(s.Close)
+	if _, err := s.Manifest(t.Context(), "private/app", "1", true); err != nil {
 		t.Fatal(err)
 	}
+	settle(t, s)
 	if got := e2.digest(t, "private/app", "1"); got != want.String() {
 		t.Errorf("digest %q, want %s", got, want)
 	}
@@ -516,8 +520,7 @@ func TestOnDemandRecheckWithUpstreamDown(t *testing.T) {
 	slow := config.Duration(2 * time.Second)
 	rc.RetryDelay = &slow // retries would make the client wait
 	e := newSyncEnv(t, []config.SyncRegistry{rc}, nil)
-	ctx := t.Context()
-	if err := e.s.Manifest(ctx, "app", "latest", true); err != nil {
+	if err := e.pull(t, "app", "latest", true); err != nil {
 		t.Fatal(err)
 	}
 	up.setFail(func(*http.Request) (int, bool) { return http.StatusServiceUnavailable, true })
@@ -525,7 +528,7 @@ func TestOnDemandRecheckWithUpstreamDown(t *testing.T) {
 	before := heads()
 	e.clock.Advance(10 * time.Minute)
 	start := time.Now()
-	if err := e.s.Manifest(ctx, "app", "latest", false); !errors.Is(err, storage.ErrUnavailable) {
+	if err := e.pull(t, "app", "latest", false); !errors.Is(err, storage.ErrUnavailable) {
 		t.Errorf("re-check = %v, want ErrUnavailable (logged by the API, local copy served)", err)
 	}
 	if el := time.Since(start); el > time.Second {
@@ -535,7 +538,7 @@ func TestOnDemandRecheckWithUpstreamDown(t *testing.T) {
 		t.Errorf("HEADs = %d, want 1", heads()-before)
 	}
 	// The failed re-check counts as one: the next pulls do not wait on upstream.
-	if err := e.s.Manifest(ctx, "app", "latest", false); err != nil || heads() != before+1 {
+	if err := e.pull(t, "app", "latest", false); err != nil || heads() != before+1 {
 		t.Errorf("second re-check: %v, HEADs %d", err, heads()-before)
 	}
 	if got := e.digest(t, "app", "latest"); got != want.String() {

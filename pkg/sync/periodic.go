@@ -148,13 +148,19 @@ func (s *Syncer) syncRepo(ctx context.Context, src source) (int, error) {
 			continue
 		}
 		key := src.local + ":" + tag
-		err := s.flights.do(ctx, key, func(fctx context.Context) error {
-			copied, err := s.syncTag(fctx, src, tag)
+		img := s.image(ctx, src, tag, key, modePeriodic, func(fctx context.Context, img *liveImage) error {
+			copied, err := s.syncTag(fctx, src, tag, img)
 			if copied {
 				synced.Add(1)
 			}
 			return err
 		})
+		select {
+		case <-img.done:
+		case <-ctx.Done():
+			return int(synced.Load()), errors.Join(append(errs, ctx.Err())...)
+		}
+		err := img.err
 		switch {
 		case err == nil:
 			s.checks.mark(key, s.deps.Now(), src.reg.recheck)
@@ -170,7 +176,7 @@ func (s *Syncer) syncRepo(ctx context.Context, src source) (int, error) {
 
 // syncTag copies src:tag unless the local tag already has upstream's
 // digest, reporting whether it copied.
-func (s *Syncer) syncTag(ctx context.Context, src source, tag string) (bool, error) {
+func (s *Syncer) syncTag(ctx context.Context, src source, tag string, img *liveImage) (bool, error) {
 	if m, err := s.deps.Registry.Resolve(ctx, src.local, tag); err == nil {
 		d, err := s.headDigest(ctx, src, tag)
 		if err != nil {
@@ -180,6 +186,6 @@ func (s *Syncer) syncTag(ctx context.Context, src source, tag string) (bool, err
 			return false, nil
 		}
 	}
-	_, err := s.copyImage(ctx, src, tag, modePeriodic)
+	_, err := s.copyImage(ctx, src, tag, modePeriodic, img)
 	return err == nil, err
 }

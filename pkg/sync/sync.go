@@ -15,12 +15,15 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	gosync "sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/berthreg/berth/pkg/api"
 	"github.com/berthreg/berth/pkg/config"
 	"github.com/berthreg/berth/pkg/registry"
 	"github.com/berthreg/berth/pkg/storage"
@@ -31,9 +34,9 @@ import (
 // one, the pollInterval is the re-check interval).
 const DefaultRecheckInterval = 5 * time.Minute
 
-// onDemandTimeout bounds one on-demand copy. It runs detached from the
-// client's request, so a client hanging up does not waste the work done
-// for the others waiting on it.
+// onDemandTimeout bounds one copy (of an image or a blob). It runs
+// detached from the client's request, so a client hanging up does not
+// waste the work done for the others waiting on it.
 const onDemandTimeout = time.Hour
 
 // recheckTimeout bounds the upstream re-check of a tag present locally:
@@ -70,8 +73,14 @@ type Syncer struct {
 	log     zerolog.Logger
 	regs    []*upstreamRegistry
 	m       *metrics
-	flights flightGroup
+	flights flightGroup // referrers listings
 	checks  checkTimes
+	live    liveSet
+	dir     string // spool files of blobs in flight (downloadDir)
+
+	bg   context.Context // cancelled by Close
+	stop context.CancelFunc
+	wg   gosync.WaitGroup // copies in flight
 }
 
 // upstreamRegistry is one configured upstream with its mirrors.
@@ -101,7 +110,15 @@ func New(cfg *config.SyncConfig, deps Deps) (*Syncer, error) {
 		deps: deps,
 		log:  deps.Log.With().Str("component", "sync").Logger(),
 		m:    newMetrics(deps.Metrics),
+		live: liveSet{images: map[string]*liveImage{}, blobs: map[string]*liveBlob{}},
+		dir:  cfg.DownloadDir,
 	}
+	if s.dir == "" {
+		s.dir = os.TempDir()
+	} else if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("extensions.sync.downloadDir: %w", err)
+	}
+	s.bg, s.stop = context.WithCancel(context.Background())
 	creds, err := loadCredentials(cfg.CredentialsFile)
 	if err != nil {
 		return nil, err
@@ -180,34 +197,54 @@ func (s *Syncer) newRegistry(rc config.SyncRegistry, field string, creds credent
 	return r, nil
 }
 
-// Manifest implements api.Syncer: before repo:ref is answered, it copies
-// the image from upstream when it is missing locally, or when ref is a tag
-// whose re-check interval has passed and upstream now has another digest.
-// It returns nil when nothing applies or upstream does not have the image
-// (the registry then answers 404), and an error wrapping
-// storage.ErrUnavailable when upstream cannot be reached.
-func (s *Syncer) Manifest(ctx context.Context, repo, ref string, missing bool) error {
-	_, tag, err := registry.ParseReference(ref)
+// Manifest implements api.Syncer: before repo:ref is answered, it starts
+// the copy of the image from upstream when it is missing locally, or when
+// ref is a tag whose re-check interval has passed and upstream now has
+// another digest, and returns upstream's manifest as soon as it is known
+// and valid: the client goes on to the blobs, streamed from the copy in
+// flight (see Blob), while the registry stores the image bottom-up and
+// tags it last. It returns nil when the registry's own copy is to be
+// served, or when upstream does not have the image (the registry then
+// answers 404), and an error wrapping storage.ErrUnavailable when upstream
+// cannot be reached.
+func (s *Syncer) Manifest(ctx context.Context, repo, ref string, missing bool) (*api.SyncedManifest, error) {
+	dgst, tag, err := registry.ParseReference(ref)
 	if err != nil || (!missing && tag == "") {
-		return nil // digests never change
+		return nil, nil // digests never change
 	}
 	src, ok := s.onDemandSource(repo)
 	if !ok || (tag != "" && src.rule != nil && !src.rule.Tag(tag)) {
-		return nil
+		return nil, nil
 	}
 	key := repo + ":" + ref
 	if tag == "" {
 		key = repo + "@" + ref
+		if f := s.live.manifest(repo, dgst); f != nil {
+			return served(f), nil
+		}
 	}
 	if !missing && s.checks.recent(key, s.deps.Now()) {
-		return nil
+		return nil, nil
 	}
-	err = s.flights.do(ctx, key, func(fctx context.Context) error { return s.onDemand(fctx, src, ref, key) })
-	return s.answer(ctx, src, ref, err)
+	img := s.image(ctx, src, ref, key, modeOnDemand, func(fctx context.Context, img *liveImage) error {
+		return s.onDemand(fctx, src, ref, key, img)
+	})
+	select {
+	case <-img.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	s.live.mu.Lock()
+	top, err := img.top, img.err
+	s.live.mu.Unlock()
+	if top != nil {
+		return served(top), nil
+	}
+	return nil, s.answer(ctx, src, ref, err)
 }
 
-// onDemand runs once per key at a time (see flights).
-func (s *Syncer) onDemand(ctx context.Context, src source, ref, key string) error {
+// onDemand runs once per key at a time (see image).
+func (s *Syncer) onDemand(ctx context.Context, src source, ref, key string, img *liveImage) error {
 	m, err := s.deps.Registry.Resolve(ctx, src.local, ref)
 	present := err == nil
 	if present {
@@ -232,7 +269,7 @@ func (s *Syncer) onDemand(ctx context.Context, src source, ref, key string) erro
 		}
 		s.logger(ctx, src).Info().Str("ref", ref).Str("local", m.Digest).Str("remote", d.String()).Msg("tag changed upstream")
 	}
-	_, err = s.copyImage(ctx, src, ref, modeOnDemand)
+	_, err = s.copyImage(ctx, src, ref, modeOnDemand, img)
 	if err == nil || present {
 		// A failed update of a present tag is tried again after the
 		// interval; the local copy is served meanwhile.
@@ -266,7 +303,7 @@ func (s *Syncer) Referrers(ctx context.Context, repo string, dgst digest.Digest)
 	if s.checks.recent(key, s.deps.Now()) {
 		return nil
 	}
-	err := s.flights.do(ctx, key, func(fctx context.Context) error {
+	err := s.flights.do(ctx, key, s.spawn, func(fctx context.Context) error {
 		if s.checks.recent(key, s.deps.Now()) {
 			return nil
 		}

@@ -104,6 +104,10 @@ func testSyncOnDemand(t *testing.T, bin, kind string) {
 	if after := syncMetric(t, down, "berth_sync_upstream_fetches_total", fetches); after-before != 1 {
 		t.Errorf("berth_sync_upstream_fetches_total went %v -> %v, want +1 for 20 concurrent pulls", before, after)
 	}
+	// Clients get the manifest while the copy goes on; it ends shortly.
+	syncWait(t, 30*time.Second, "three on-demand copies to end", func() bool {
+		return syncMetric(t, down, "berth_sync_images_total", `mode="ondemand"`) >= 3
+	})
 	if n := syncMetric(t, down, "berth_sync_images_total", `mode="ondemand"`); n != 3 {
 		t.Errorf("berth_sync_images_total{mode=ondemand} = %v, want 3", n)
 	}

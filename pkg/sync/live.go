@@ -1,0 +1,208 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	gosync "sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// liveBlob is a blob being copied from upstream into a repository. Its
+// bytes are staged in a spool file (in downloadDir) as they arrive, so that
+// clients asking for the blob meanwhile read them at once, at their own
+// pace, instead of waiting for the copy to end. The spool is unlinked as
+// soon as it is created: nothing is left behind by a crash, and the file
+// goes away when the copy and the last reader close it.
+type liveBlob struct {
+	key  string // local repository "@" digest
+	src  source
+	dgst digest.Digest
+
+	started chan struct{} // closed once the spool exists and the size is known, or the copy ended
+	done    chan struct{} // closed when the copy ended; err is then set
+
+	mu       gosync.Mutex
+	size     int64 // -1 until known
+	written  int64 // high-water mark of the spool
+	spool    *os.File
+	refs     int           // holders of the spool: the copy and each reader
+	wake     chan struct{} // closed and replaced when written or the state changes
+	isStart  bool
+	finished bool
+	err      error
+}
+
+func newLiveBlob(key string, src source, dgst digest.Digest) *liveBlob {
+	return &liveBlob{
+		key: key, src: src, dgst: dgst,
+		started: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}),
+		size: -1, refs: 1,
+	}
+}
+
+// begin prepares the spool for an attempt of size bytes (known before the
+// first byte). Later attempts rewrite the same bytes from the start: the
+// spool and its high-water mark are kept, so readers never go back.
+func (b *liveBlob) begin(dir string, size int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.spool == nil {
+		f, err := os.CreateTemp(dir, "berth-sync-*")
+		if err != nil {
+			return fmt.Errorf("create a spool file: %w", err)
+		}
+		_ = os.Remove(f.Name())
+		b.spool = f
+	}
+	if b.size >= 0 && b.size != size {
+		return fmt.Errorf("blob %s: upstream now announces %d bytes, earlier %d", b.dgst, size, b.size)
+	}
+	b.size = size
+	if !b.isStart {
+		b.isStart = true
+		close(b.started)
+	}
+	return nil
+}
+
+// writer returns a writer into the spool from offset 0, for one attempt.
+func (b *liveBlob) writer() io.Writer { return &spoolWriter{b: b} }
+
+type spoolWriter struct {
+	b   *liveBlob
+	off int64
+}
+
+func (w *spoolWriter) Write(p []byte) (int, error) {
+	n, err := w.b.spool.WriteAt(p, w.off)
+	w.off += int64(n)
+	w.b.mu.Lock()
+	if w.off > w.b.written {
+		w.b.written = w.off
+		w.b.notifyLocked()
+	}
+	w.b.mu.Unlock()
+	return n, err
+}
+
+func (b *liveBlob) notifyLocked() {
+	close(b.wake)
+	b.wake = make(chan struct{})
+}
+
+// finish records the copy's outcome and drops the copy's hold on the spool.
+func (b *liveBlob) finish(err error) {
+	b.mu.Lock()
+	b.finished, b.err = true, err
+	if !b.isStart {
+		b.isStart = true
+		close(b.started)
+	}
+	b.notifyLocked()
+	b.mu.Unlock()
+	close(b.done)
+	b.release()
+}
+
+func (b *liveBlob) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refs--
+	if b.refs == 0 && b.spool != nil {
+		_ = b.spool.Close()
+		b.spool = nil
+	}
+}
+
+// reader returns a reader of the spool, or nil when there is none to read
+// (the copy ended without one, or failed: see result).
+func (b *liveBlob) reader(ctx context.Context) *blobReader {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.spool == nil || b.err != nil || b.size < 0 {
+		return nil
+	}
+	b.refs++
+	return &blobReader{b: b, ctx: ctx, size: b.size}
+}
+
+// result is the copy's outcome once done is closed.
+func (b *liveBlob) result() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// errCopyFailed is what a reader of a failed copy gets.
+var errCopyFailed = errors.New("copy from upstream failed")
+
+// blobReader reads a live blob's spool: reads block until the bytes have
+// arrived, and fail when the copy does. It is an io.ReadSeekCloser of the
+// blob's final size, for http.ServeContent.
+type blobReader struct {
+	b    *liveBlob
+	ctx  context.Context
+	size int64
+	pos  int64
+	once gosync.Once
+}
+
+// Size is the blob's size.
+func (r *blobReader) Size() int64 { return r.size }
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	if r.pos >= r.size {
+		return 0, io.EOF
+	}
+	for {
+		b := r.b
+		b.mu.Lock()
+		avail, wake, finished, err := b.written-r.pos, b.wake, b.finished, b.err
+		b.mu.Unlock()
+		switch {
+		case err != nil:
+			return 0, fmt.Errorf("blob %s: %w: %v", b.dgst, errCopyFailed, err)
+		case avail > 0:
+			n, err := b.spool.ReadAt(p[:min(int64(len(p)), avail)], r.pos)
+			r.pos += int64(n)
+			if err == io.EOF && n > 0 {
+				err = nil
+			}
+			return n, err
+		case finished:
+			return 0, io.ErrUnexpectedEOF // the copy ended short of the size: cannot happen after a verified commit
+		}
+		select {
+		case <-wake:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *blobReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.pos
+	case io.SeekEnd:
+		offset += r.size
+	default:
+		return 0, errors.New("seek: bad whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("seek: negative position")
+	}
+	r.pos = offset
+	return offset, nil
+}
+
+// Close releases the reader's hold on the spool.
+func (r *blobReader) Close() error {
+	r.once.Do(r.b.release)
+	return nil
+}

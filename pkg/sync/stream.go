@@ -1,0 +1,301 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	gosync "sync"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berthreg/berth/pkg/api"
+	"github.com/berthreg/berth/pkg/storage"
+)
+
+// liveImage is an image copy in flight: one per local repository and
+// reference at a time (concurrent misses join it). Clients are answered
+// from it as soon as its top manifest is known, while its blobs are still
+// being copied; the registry stores the manifests (and the tag, last) only
+// once everything they reference is stored.
+type liveImage struct {
+	key   string // repo ":" tag or repo "@" digest
+	repo  string
+	mode  string
+	ready chan struct{} // closed when top is known, or the copy ended first
+	done  chan struct{} // closed when the copy ended; err is then final
+
+	// Guarded by liveSet.mu.
+	top       *fetched                   // nil: the registry's copy is current
+	manifests map[digest.Digest]*fetched // top and the child manifests fetched so far
+	isReady   bool
+	err       error
+}
+
+// liveSet tracks the copies in flight.
+type liveSet struct {
+	mu     gosync.Mutex
+	images map[string]*liveImage
+	blobs  map[string]*liveBlob
+}
+
+// publish makes img's top manifest servable (nil: serve the local copy).
+func (l *liveSet) publish(img *liveImage, top *fetched) {
+	if img == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if img.isReady {
+		return
+	}
+	img.top, img.isReady = top, true
+	if top != nil {
+		img.manifests[top.digest] = top
+	}
+	close(img.ready)
+}
+
+// addManifest makes a child manifest of img servable by digest.
+func (l *liveSet) addManifest(img *liveImage, f *fetched) {
+	if img == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	img.manifests[f.digest] = f
+}
+
+// manifest finds the manifest dgst of repo among the copies in flight.
+func (l *liveSet) manifest(repo string, dgst digest.Digest) *fetched {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, img := range l.images {
+		if img.repo == repo {
+			if f := img.manifests[dgst]; f != nil {
+				return f
+			}
+		}
+	}
+	return nil
+}
+
+// published is img's top manifest once given to clients (nil before, or
+// for no img).
+func (l *liveSet) published(img *liveImage) *fetched {
+	if img == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return img.top
+}
+
+// served is a fetched manifest (its media type settled by fetchManifest)
+// as the API serves it.
+func served(f *fetched) *api.SyncedManifest {
+	return &api.SyncedManifest{Digest: f.digest.String(), MediaType: f.mediaType, Body: f.body}
+}
+
+// image starts the copy of src:ref (run by run, in mode) unless one is in
+// flight for key, and returns it.
+func (s *Syncer) image(ctx context.Context, src source, ref, key, mode string,
+	run func(context.Context, *liveImage) error) *liveImage {
+	s.live.mu.Lock()
+	defer s.live.mu.Unlock()
+	if img := s.live.images[key]; img != nil {
+		return img
+	}
+	img := &liveImage{
+		key: key, repo: src.local, mode: mode,
+		ready: make(chan struct{}), done: make(chan struct{}),
+		manifests: map[digest.Digest]*fetched{},
+	}
+	s.live.images[key] = img
+	s.spawn(ctx, func(fctx context.Context) {
+		err := run(fctx, img)
+		s.live.mu.Lock()
+		delete(s.live.images, key)
+		img.err = err
+		published := img.isReady && img.top != nil
+		s.live.mu.Unlock()
+		s.live.publish(img, nil)
+		if err != nil && published && mode == modeOnDemand {
+			// Clients were given the manifest; those reading its blobs get
+			// the failure, and nothing of it is tagged locally.
+			s.logger(fctx, src).Error().Err(err).Str("ref", ref).Msg("on-demand copy failed after its manifest was served")
+		}
+		close(img.done)
+	})
+	return img
+}
+
+// spawn runs fn in the background with a context detached from ctx's
+// cancellation (values kept): one client hanging up does not stop work
+// others wait for. Close cancels it; onDemandTimeout bounds it.
+func (s *Syncer) spawn(ctx context.Context, fn func(context.Context)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), onDemandTimeout)
+		defer cancel()
+		stop := context.AfterFunc(s.bg, cancel)
+		defer stop()
+		fn(fctx)
+	}()
+}
+
+// Blob implements api.Syncer: a blob repo lacks is streamed from a copy in
+// flight, which a GET (fetch) starts when the sync rules select repo.
+func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest, fetch bool) (api.SyncedBlob, error) {
+	s.live.mu.Lock()
+	b := s.live.blobs[repo+"@"+dgst.String()]
+	s.live.mu.Unlock()
+	if b == nil {
+		src, ok := s.onDemandSource(repo)
+		if !fetch || !ok {
+			return nil, nil
+		}
+		b = s.blob(ctx, src, v1.Descriptor{Digest: dgst}, src.reg.mirrors, false)
+	}
+	select {
+	case <-b.started:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if rd := b.reader(ctx); rd != nil {
+		return rd, nil
+	}
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return nil, s.answer(ctx, b.src, dgst.String(), b.result())
+}
+
+// blob starts the copy of d into src.local from mirrors unless one is in
+// flight, and returns it. planned says d comes from an upstream manifest:
+// only then may the blob be mounted from another local repository (an
+// arbitrary digest asked by a client must come from upstream, or it would
+// reveal other repositories' content).
+func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors []*upstream, planned bool) *liveBlob {
+	key := src.local + "@" + d.Digest.String()
+	s.live.mu.Lock()
+	defer s.live.mu.Unlock()
+	if b := s.live.blobs[key]; b != nil {
+		return b
+	}
+	b := newLiveBlob(key, src, d.Digest)
+	s.live.blobs[key] = b
+	s.spawn(ctx, func(fctx context.Context) {
+		err := s.fetchBlob(fctx, b, d, mirrors, planned)
+		s.live.mu.Lock()
+		delete(s.live.blobs, key)
+		s.live.mu.Unlock()
+		b.finish(err)
+	})
+	return b
+}
+
+// fetchBlob makes d present in b.src.local: already there, mounted, or
+// downloaded from the first mirror that answers.
+func (s *Syncer) fetchBlob(ctx context.Context, b *liveBlob, d v1.Descriptor, mirrors []*upstream, planned bool) error {
+	src := b.src
+	if _, err := s.deps.Registry.Store().Stat(ctx, src.local, d.Digest); err == nil {
+		return nil
+	}
+	if err := storage.ValidateDigest(d.Digest); err != nil {
+		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
+	}
+	if planned && s.mount(ctx, src, d.Digest) {
+		return nil
+	}
+	var err error
+	for i, u := range mirrors {
+		err = s.download(ctx, u, b, d)
+		if err == nil || !errors.Is(err, storage.ErrUnavailable) || i == len(mirrors)-1 {
+			return err
+		}
+	}
+	return err
+}
+
+// mount links a blob another local repository holds instead of
+// downloading it again (the metadata store's blob index says where).
+func (s *Syncer) mount(ctx context.Context, src source, dgst digest.Digest) bool {
+	from, err := s.deps.Registry.LocateBlob(ctx, dgst, src.local)
+	if err != nil {
+		return false
+	}
+	if err := s.deps.Registry.Store().Mount(ctx, from, src.local, dgst); err != nil {
+		s.logger(ctx, src).Debug().Err(err).Str("from", from).Str("digest", dgst.String()).Msg("mount failed; downloading")
+		return false
+	}
+	s.deps.Registry.NoteBlob(ctx, src.local, dgst)
+	s.m.mounts.WithLabelValues(src.reg.label).Inc()
+	return true
+}
+
+// download streams one blob from mirror u into a local upload and, through
+// b's spool, to the clients reading it meanwhile; the store verifies the
+// digest before committing.
+func (s *Syncer) download(ctx context.Context, u *upstream, b *liveBlob, d v1.Descriptor) error {
+	src := b.src
+	store := s.deps.Registry.Store()
+	return u.retry(ctx, func() error {
+		resp, err := u.open(ctx, http.MethodGet, "/v2/"+src.upstream+"/blobs/"+d.Digest.String(), pullScope(src.upstream), "", http.StatusOK)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		size := d.Size
+		if size <= 0 {
+			size = resp.ContentLength // -1 when not announced
+		} else if resp.ContentLength >= 0 && resp.ContentLength != size {
+			return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(),
+				Err: fmt.Errorf("%d bytes announced, the manifest says %d", resp.ContentLength, size)}
+		}
+		up, err := store.NewUpload(ctx, src.local)
+		if err != nil {
+			return fmt.Errorf("start upload in %s: %w", src.local, err)
+		}
+		defer up.Close()
+		body := &readTracker{r: resp.Body}
+		var r io.Reader = body
+		if size >= 0 {
+			r = io.LimitReader(body, size)
+			if err := b.begin(s.dir, size); err != nil {
+				s.logger(ctx, src).Warn().Err(err).Str("digest", d.Digest.String()).Msg("cannot stage the blob; clients wait for the copy")
+			} else {
+				r = io.TeeReader(r, b.writer())
+			}
+		}
+		n, err := up.Append(ctx, r)
+		if err != nil {
+			_ = up.Cancel(context.WithoutCancel(ctx))
+			if body.err != nil {
+				return classifyTransportError(ctx, body.err)
+			}
+			return fmt.Errorf("store blob %s in %s: %w", d.Digest, src.local, err)
+		}
+		if _, err := up.Commit(ctx, d.Digest); err != nil {
+			_ = up.Cancel(context.WithoutCancel(ctx))
+			if errors.Is(err, storage.ErrDigestMismatch) || errors.Is(err, storage.ErrSizeMismatch) {
+				return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
+			}
+			return fmt.Errorf("commit blob %s in %s: %w", d.Digest, src.local, err)
+		}
+		s.deps.Registry.NoteBlob(ctx, src.local, d.Digest)
+		s.m.bytes.WithLabelValues(src.reg.label).Add(float64(n))
+		return nil
+	})
+}
+
+// Close stops the copies in flight and waits for them.
+func (s *Syncer) Close() {
+	s.stop()
+	s.wg.Wait()
+}

@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// cxHoldProxy stands between the cluster and an upstream: GETs of one blob
+// send its first bytes, then wait until released. It counts those GETs.
+type cxHoldProxy struct {
+	URL     string
+	digest  string
+	after   int
+	release chan struct{}
+	once    sync.Once
+	gets    atomic.Int64
+	held    chan struct{} // closed when a GET reached the hold
+	heldOne sync.Once
+}
+
+func cxStartHoldProxy(t *testing.T, upstream, digest string, after int) *cxHoldProxy {
+	t.Helper()
+	u, err := url.Parse(upstream)
+	must(t, err)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	hp := &cxHoldProxy{digest: digest, after: after, release: make(chan struct{}), held: make(chan struct{})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	hp.URL = "http://" + ln.Addr().String()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+hp.digest) {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		hp.gets.Add(1)
+		res, err := http.Get(upstream + r.URL.Path)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer res.Body.Close()
+		for k, v := range res.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(res.StatusCode)
+		if _, err := io.CopyN(w, res.Body, int64(hp.after)); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+		hp.heldOne.Do(func() { close(hp.held) })
+		<-hp.release
+		_, _ = io.Copy(w, res.Body)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { hp.Release(); srv.Close() })
+	return hp
+}
+
+// Release lets the held GETs finish.
+func (hp *cxHoldProxy) Release() { hp.once.Do(func() { close(hp.release) }) }
+
+// TestClusterSyncStreams: an on-demand pull is not held until the whole
+// image is stored. While upstream has sent only the first 1 MiB of a ~6 MiB
+// layer, a client asking a non-owner gets upstream's manifest, and a
+// client asking through HAProxy gets that first MiB of the layer (with
+// the full Content-Length) — streamed from the owner's copy in flight —
+// while nothing is tagged yet. A crane pull started meanwhile completes
+// once upstream sends the rest, and so does the owner's copy: the layer
+// was downloaded from upstream once for all of them.
+func TestClusterSyncStreams(t *testing.T) {
+	defer timed(t)()
+	crane := tool(t, "crane")
+	up := syncStartBerth(t, registryBin, "upstream-berth", nil)
+	img := cxPushUp(t, up, "stream/app:1", cxRandomImage(t, 6<<20, 1))
+	layer := img.layers[0]
+	const first = 1 << 20
+	hold := cxStartHoldProxy(t, up.URL, layer, first)
+	c := cxSyncCluster(t, map[string]any{"urls": []string{hold.URL}, "onDemand": true, "maxRetries": 1, "retryDelay": "100ms"})
+	owner := c.cxOwner(t, img.repo)
+	var other *reg
+	for _, m := range c.Members {
+		if m.Host != owner {
+			other = m
+			break
+		}
+	}
+
+	res := other.do(t, "GET", "/v2/"+img.repo+"/manifests/"+img.tag, map[string]string{"Accept": syncAccept}, nil)
+	if res.Status != 200 || sha256Digest(res.Body) != img.digest || res.Header.Get("Docker-Content-Digest") != img.digest {
+		t.Fatalf("manifest via the non-owner %s while the layer is held upstream: %s", other.Host, res)
+	}
+
+	req, err := http.NewRequest(http.MethodGet, c.LBReg.URL+"/v2/"+img.repo+"/blobs/"+layer, nil)
+	must(t, err)
+	lr, err := httpClient.Do(req)
+	must(t, err)
+	defer lr.Body.Close()
+	if lr.StatusCode != 200 || lr.ContentLength <= 2*first || lr.Header.Get("Docker-Content-Digest") != layer {
+		t.Fatalf("layer via HAProxy while held: %d, Content-Length %d", lr.StatusCode, lr.ContentLength)
+	}
+	head := make([]byte, first)
+	if _, err := io.ReadFull(lr.Body, head); err != nil {
+		t.Fatalf("reading the layer's first MiB while upstream holds the rest: %v", err)
+	}
+	select {
+	case <-hold.held:
+	default:
+		t.Fatal("the hold proxy never held the layer")
+	}
+	for _, e := range c.entries() {
+		if tags := cxTags(t, e, img.repo); len(tags) != 0 {
+			t.Errorf("tags of %s via %s before its layer is stored: %q", img.repo, c.name(e), tags)
+		}
+	}
+
+	// A real client joins the copy in flight.
+	dir := filepath.Join(t.TempDir(), "pulled")
+	pulled := make(chan cmdResult, 1)
+	go func() {
+		pulled <- execCmd(context.Background(), clientEnv(t), "", 2*time.Minute, crane, "pull", "--insecure", "--format", "oci", c.Members[2].Host+"/"+img.repo+":"+img.tag, dir)
+	}()
+	time.Sleep(300 * time.Millisecond) // not needed for correctness: gives crane time to reach the held layer
+	hold.Release()
+
+	rest, err := io.ReadAll(lr.Body)
+	if err != nil {
+		t.Fatalf("reading the rest of the layer: %v", err)
+	}
+	if d := sha256Digest(append(head, rest...)); d != layer {
+		t.Errorf("layer streamed through HAProxy: %s, want %s", d, layer)
+	}
+	if r := <-pulled; r.Err != nil {
+		t.Fatalf("crane pull during the copy: %v\n%s", r.Err, r.Combined)
+	}
+	if d := layoutDigest(t, dir, ""); d != img.digest {
+		t.Errorf("crane pulled %s, upstream has %s", d, img.digest)
+	}
+	cxWait(t, 30*time.Second, img.repo+" tagged on the cluster", func() bool {
+		return slices.Contains(cxTags(t, c.LBReg, img.repo), img.tag)
+	})
+	if s := c.cxSynced(t, img.repo, "ondemand"); len(s) != 1 || len(s[owner]) != 1 {
+		t.Errorf("\"image synced\" lines per member %v, want one on the owner %s", cxCounts(s), owner)
+	}
+	if n := hold.gets.Load(); n != 1 {
+		t.Errorf("upstream GETs of the layer = %d, want 1 (the owner's copy, shared with every reader)", n)
+	}
+	for _, e := range c.entries() {
+		res := e.do(t, "GET", "/v2/"+img.repo+"/blobs/"+layer, nil, nil)
+		if res.Status != 200 || !bytes.Equal(res.Body[:first], head) || sha256Digest(res.Body) != layer {
+			t.Errorf("stored layer via %s: %d, digest %s", c.name(e), res.Status, sha256Digest(res.Body))
+		}
+	}
+	requireStorageOK(t, c.StorageRoot())
+	c.requireNoMisroutes(t)
+}
