@@ -12,6 +12,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/registry"
 	"github.com/berthreg/berth/pkg/storage"
@@ -83,12 +84,42 @@ func (s *Server) syncs(err error) bool {
 // upstream, when there is one (a GET may start one). served false with a
 // nil error: answer from the store.
 func (s *Server) syncedBlob(w http.ResponseWriter, r *http.Request, repo string, dgst digest.Digest) (bool, error) {
-	sb, err := s.opts.Sync.Blob(r.Context(), repo, dgst, r.Method == http.MethodGet)
+	sb, err := s.opts.Sync.Blob(r.Context(), repo, dgst)
 	if err != nil || sb == nil {
 		return false, err
 	}
 	defer sb.Close()
-	return true, serveBlob(w, r, dgst, sb.Size(), time.Time{}, sb)
+	rc := http.NewResponseController(w)
+	rd := &readErr{ReadSeeker: sb, flush: func() { _ = rc.Flush() }}
+	if err := serveBlob(w, r, dgst, sb.Size(), time.Time{}, rd); err != nil {
+		return true, err
+	}
+	if rd.err != nil && r.Context().Err() == nil {
+		// The copy failed under the response: cut it short of its length
+		// (a reset stream on HTTP/2), logged as aborted.
+		zerolog.Ctx(r.Context()).Error().Err(rd.err).Str("digest", dgst.String()).Msg("copy from upstream failed while streaming the blob")
+		panic(http.ErrAbortHandler)
+	}
+	return true, nil
+}
+
+// readErr remembers the first read error of the content it wraps
+// (http.ServeContent drops it), and flushes what was written before each
+// read: a read of a blob in flight may wait for upstream, and the client
+// should have every byte that arrived meanwhile.
+type readErr struct {
+	io.ReadSeeker
+	flush func()
+	err   error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	r.flush()
+	n, err := r.ReadSeeker.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // serveBlob answers a blob GET (with Range support) or HEAD from content.

@@ -99,11 +99,17 @@ func toAPIError(err error) *apiError {
 // writeError answers err: headers, then status, then the JSON body.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := toAPIError(err)
-	ev := zerolog.Ctx(r.Context()).Debug()
-	if e.Status >= 500 {
-		ev = zerolog.Ctx(r.Context()).Error()
+	log := zerolog.Ctx(r.Context())
+	ev, msg := log.Debug(), "request failed"
+	switch {
+	case r.Context().Err() != nil:
+		// The client hung up (or the server is stopping): whatever failed
+		// then failed for that reason, and nobody reads the answer.
+		ev, msg = log.Info(), "request abandoned by the client"
+	case e.Status >= 500:
+		ev = log.Error()
 	}
-	ev.Err(err).Str("code", e.Code.String()).Int("status", e.Status).Msg("request failed")
+	ev.Err(err).Str("code", e.Code.String()).Int("status", e.Status).Msg(msg)
 	for k, v := range e.Header {
 		w.Header()[k] = v
 	}

@@ -25,6 +25,9 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route) e
 		case serr != nil:
 			zerolog.Ctx(ctx).Warn().Err(serr).Msg("failed to re-check tag upstream; serving the local copy")
 		case synced != nil:
+			if r.Method != http.MethodHead {
+				s.reg.NotePull(rt.Repo, synced.Digest)
+			}
 			return writeManifest(w, r, synced.MediaType, synced.Digest, int64(len(synced.Body)), synced.Body)
 		}
 		m, err = s.reg.Resolve(ctx, rt.Repo, rt.Ref)

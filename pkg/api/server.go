@@ -61,11 +61,10 @@ type Syncer interface {
 	// Referrers runs before a referrers listing of repo@dgst is answered.
 	Referrers(ctx context.Context, repo string, dgst digest.Digest) error
 	// Blob runs before a GET or HEAD of a blob the registry lacks. It
-	// returns the blob when it is being copied from upstream (for an image
-	// being synced, or, with fetch set and the sync rules matching, started
-	// by this call), readable as its bytes arrive; nil means answering from
+	// returns the blob when it is being copied from upstream for an image
+	// being synced, readable as its bytes arrive; nil means answering from
 	// the registry's store.
-	Blob(ctx context.Context, repo string, dgst digest.Digest, fetch bool) (SyncedBlob, error)
+	Blob(ctx context.Context, repo string, dgst digest.Digest) (SyncedBlob, error)
 }
 
 // SyncedManifest is a manifest fetched from upstream and being synced.

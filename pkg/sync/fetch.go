@@ -118,7 +118,6 @@ func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref stri
 			return "", errUnsigned
 		}
 	}
-	s.live.publish(img, top)
 	main := newPlan()
 	if err := s.walk(ctx, u, src, top, main, 0, img); err != nil {
 		return "", err
@@ -126,10 +125,11 @@ func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref stri
 	if !src.reg.onlySigned {
 		refs = s.referrerPlan(ctx, u, src, top.digest, log)
 	}
-	if err := s.copyBlobs(ctx, u, src, main.blobs); err != nil {
+	spool := mode == modeOnDemand
+	if err := s.copyBlobs(ctx, u, src, main.blobs, spool); err != nil {
 		return "", err
 	}
-	if err := s.copyBlobs(ctx, u, src, refs.blobs); err != nil {
+	if err := s.copyBlobs(ctx, u, src, refs.blobs, spool); err != nil {
 		log.Warn().Err(err).Msg("failed to copy referrers' blobs; syncing the image without them")
 		refs.manifests = nil
 	}
@@ -182,8 +182,9 @@ func (s *Syncer) put(ctx context.Context, src source, f *fetched, tags []string)
 }
 
 // walk adds what f references to p: blobs of an image; for an index, every
-// child manifest not present locally (fetched, made servable through img,
-// walked, and added before the index that names it).
+// child manifest not present locally (fetched, walked, and added before
+// the index that names it). Through img, f is given to clients once its
+// blobs are known, and so is each child.
 func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, p *plan, depth int, img *liveImage) error {
 	if depth > maxDepth {
 		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: errors.New("indexes nested too deep")}
@@ -192,13 +193,23 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 	if err := json.Unmarshal(f.body, &doc); err != nil {
 		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: fmt.Errorf("manifest: %v", err)}
 	}
+	var blobs []v1.Descriptor
 	if doc.Config != nil {
-		p.addBlob(*doc.Config)
+		blobs = append(blobs, *doc.Config)
 		for _, l := range doc.Layers {
 			if !strings.Contains(l.MediaType, ".nondistributable.") && !strings.Contains(l.MediaType, ".foreign.") {
-				p.addBlob(l)
+				blobs = append(blobs, l)
 			}
 		}
+	}
+	for _, b := range blobs {
+		p.addBlob(b)
+	}
+	s.live.addBlobs(img, blobs)
+	if depth == 0 {
+		s.live.publish(img, f)
+	} else {
+		s.live.addManifest(img, f)
 	}
 	for _, child := range doc.Manifests {
 		if p.seen[child.Digest] {
@@ -212,7 +223,6 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 		if err != nil {
 			return err
 		}
-		s.live.addManifest(img, cf)
 		if err := s.walk(ctx, u, src, cf, p, depth+1, img); err != nil {
 			return err
 		}
@@ -299,8 +309,8 @@ func (s *Syncer) addManifest(ctx context.Context, u *upstream, src source, ref, 
 }
 
 // copyBlobs copies the blobs missing locally, a few at a time; the first
-// failure stops the rest.
-func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs []v1.Descriptor) error {
+// failure stops the rest. spool: see blob.
+func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs []v1.Descriptor, spool bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -317,7 +327,7 @@ func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs [
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := s.copyBlob(ctx, u, src, d); err != nil {
+			if err := s.copyBlob(ctx, u, src, d, spool); err != nil {
 				once.Do(func() { first = err; cancel() })
 			}
 		}()
@@ -331,8 +341,8 @@ func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs [
 
 // copyBlob makes one blob of an image present locally, joining the copy
 // in flight when a client's request started it already.
-func (s *Syncer) copyBlob(ctx context.Context, u *upstream, src source, d v1.Descriptor) error {
-	b := s.blob(ctx, src, d, []*upstream{u}, true)
+func (s *Syncer) copyBlob(ctx context.Context, u *upstream, src source, d v1.Descriptor, spool bool) error {
+	b := s.blob(ctx, src, d, []*upstream{u}, spool)
 	select {
 	case <-b.done:
 		return b.result()

@@ -29,6 +29,7 @@ type liveBlob struct {
 	size     int64 // -1 until known
 	written  int64 // high-water mark of the spool
 	spool    *os.File
+	spoolErr error         // the spool failed: readers fail, the copy goes on
 	refs     int           // holders of the spool: the copy and each reader
 	wake     chan struct{} // closed and replaced when written or the state changes
 	isStart  bool
@@ -59,7 +60,9 @@ func (b *liveBlob) begin(dir string, size int64) error {
 		b.spool = f
 	}
 	if b.size >= 0 && b.size != size {
-		return fmt.Errorf("blob %s: upstream now announces %d bytes, earlier %d", b.dgst, size, b.size)
+		b.spoolErr = fmt.Errorf("blob %s: upstream now announces %d bytes, earlier %d", b.dgst, size, b.size)
+		b.notifyLocked()
+		return b.spoolErr
 	}
 	b.size = size
 	if !b.isStart {
@@ -77,16 +80,28 @@ type spoolWriter struct {
 	off int64
 }
 
+// Write stages p for readers. It never fails the copy: a spool that
+// cannot be written (a full downloadDir) fails its readers only.
 func (w *spoolWriter) Write(p []byte) (int, error) {
-	n, err := w.b.spool.WriteAt(p, w.off)
-	w.off += int64(n)
-	w.b.mu.Lock()
-	if w.off > w.b.written {
-		w.b.written = w.off
-		w.b.notifyLocked()
+	b := w.b
+	b.mu.Lock()
+	failed := b.spoolErr != nil
+	b.mu.Unlock()
+	if failed {
+		return len(p), nil
 	}
-	w.b.mu.Unlock()
-	return n, err
+	n, err := b.spool.WriteAt(p, w.off)
+	w.off += int64(n)
+	b.mu.Lock()
+	if err != nil {
+		b.spoolErr = fmt.Errorf("spool of blob %s: %w", b.dgst, err)
+	}
+	if w.off > b.written {
+		b.written = w.off
+	}
+	b.notifyLocked()
+	b.mu.Unlock()
+	return len(p), nil
 }
 
 func (b *liveBlob) notifyLocked() {
@@ -123,7 +138,7 @@ func (b *liveBlob) release() {
 func (b *liveBlob) reader(ctx context.Context) *blobReader {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.spool == nil || b.err != nil || b.size < 0 {
+	if b.spool == nil || b.err != nil || b.spoolErr != nil || b.size < 0 {
 		return nil
 	}
 	b.refs++
@@ -141,8 +156,10 @@ func (b *liveBlob) result() error {
 var errCopyFailed = errors.New("copy from upstream failed")
 
 // blobReader reads a live blob's spool: reads block until the bytes have
-// arrived, and fail when the copy does. It is an io.ReadSeekCloser of the
-// blob's final size, for http.ServeContent.
+// arrived, and fail when the copy does. The last byte is held back until
+// the copy has verified the digest, so a reader never gets a complete body
+// of wrong bytes. It is an io.ReadSeekCloser of the blob's final size, for
+// http.ServeContent.
 type blobReader struct {
 	b    *liveBlob
 	ctx  context.Context
@@ -155,25 +172,33 @@ type blobReader struct {
 func (r *blobReader) Size() int64 { return r.size }
 
 func (r *blobReader) Read(p []byte) (int, error) {
-	if r.pos >= r.size {
-		return 0, io.EOF
-	}
 	for {
 		b := r.b
 		b.mu.Lock()
-		avail, wake, finished, err := b.written-r.pos, b.wake, b.finished, b.err
+		written, wake, finished, err := b.written, b.wake, b.finished, b.err
+		if err == nil {
+			err = b.spoolErr
+		}
 		b.mu.Unlock()
 		switch {
 		case err != nil:
 			return 0, fmt.Errorf("blob %s: %w: %v", b.dgst, errCopyFailed, err)
-		case avail > 0:
-			n, err := b.spool.ReadAt(p[:min(int64(len(p)), avail)], r.pos)
+		case r.pos >= r.size && finished:
+			return 0, io.EOF
+		}
+		limit := min(written, r.size)
+		if !finished {
+			limit = min(limit, r.size-1) // the last byte waits for the digest check
+		}
+		if limit > r.pos {
+			n, err := b.spool.ReadAt(p[:min(int64(len(p)), limit-r.pos)], r.pos)
 			r.pos += int64(n)
 			if err == io.EOF && n > 0 {
 				err = nil
 			}
 			return n, err
-		case finished:
+		}
+		if finished {
 			return 0, io.ErrUnexpectedEOF // the copy ended short of the size: cannot happen after a verified commit
 		}
 		select {

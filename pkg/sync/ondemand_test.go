@@ -2,6 +2,7 @@ package sync
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	gosync "sync"
@@ -295,30 +296,43 @@ func (rt retryAfterTransport) RoundTrip(r *http.Request) (*http.Response, error)
 
 func TestOnDemandNoHalfSyncedImage(t *testing.T) {
 	up := newUpstream(t, true)
-	img := randomImage(t, 2048, 3)
+	img := randomImage(t, 64<<10, 3)
 	want := up.push(t, "app:1", img)
 	layers, _ := img.Layers()
 	second, _ := layers[1].Digest()
-	up.setFail(func(r *http.Request) (int, bool) {
-		return http.StatusInternalServerError, strings.HasSuffix(r.URL.Path, "/blobs/"+second.String())
-	})
+	release := up.holdBlob(second.String(), 1024)
+	defer release()
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
 	ctx := t.Context()
-	// The client gets the manifest at once (the copy goes on), and a clean
-	// 503 for the blob upstream fails to give.
+	// The client gets the manifest at once (the copy goes on), then the
+	// layer upstream fails to give fails under its reader.
 	m, err := e.s.Manifest(ctx, "app", "1", true)
 	if err != nil || m == nil || m.Digest != want.String() {
 		t.Fatalf("Manifest = %+v, %v; want upstream's %s", m, err, want)
 	}
-	settle(t, e.s)
-	if _, err := e.s.Blob(ctx, "app", digest.Digest(second.String()), true); !errors.Is(err, storage.ErrUnavailable) {
-		t.Fatalf("Blob = %v, want ErrUnavailable", err)
+	sb, err := e.s.Blob(ctx, "app", digest.Digest(second.String()))
+	if err != nil || sb == nil {
+		t.Fatalf("Blob = %v, %v; want a reader of the copy in flight", sb, err)
 	}
+	defer sb.Close()
+	up.setFail(func(r *http.Request) (int, bool) {
+		return http.StatusInternalServerError, strings.HasSuffix(r.URL.Path, "/blobs/"+second.String())
+	})
+	up.CloseClientConnections()
+	release()
+	if _, err := io.ReadAll(sb); !errors.Is(err, errCopyFailed) {
+		t.Errorf("reading a layer whose copy failed = %v, want errCopyFailed", err)
+	}
+	settle(t, e.s)
 	if e.digest(t, "app", "1") != "" || e.digest(t, "app", want.String()) != "" {
 		t.Fatal("a half-synced image is visible")
 	}
 	if repos, _ := e.reg.Catalog(ctx, "", -1); len(repos) != 0 {
 		t.Errorf("catalog = %v, want empty", repos)
+	}
+	// No copy in flight: the layer is not fetched for a client alone.
+	if sb, err := e.s.Blob(ctx, "app", digest.Digest(second.String())); sb != nil || err != nil {
+		t.Errorf("Blob with no copy in flight = %v, %v; want nil, nil", sb, err)
 	}
 	// Upstream recovers: the next request completes the image.
 	up.setFail(nil)

@@ -22,14 +22,15 @@ import (
 // once everything they reference is stored.
 type liveImage struct {
 	key   string // repo ":" tag or repo "@" digest
-	repo  string
+	src   source
 	mode  string
 	ready chan struct{} // closed when top is known, or the copy ended first
 	done  chan struct{} // closed when the copy ended; err is then final
 
 	// Guarded by liveSet.mu.
-	top       *fetched                   // nil: the registry's copy is current
-	manifests map[digest.Digest]*fetched // top and the child manifests fetched so far
+	top       *fetched                        // nil: the registry's copy is current
+	manifests map[digest.Digest]*fetched      // top and the child manifests fetched so far
+	blobs     map[digest.Digest]v1.Descriptor // blobs of those manifests: clients may ask for them
 	isReady   bool
 	err       error
 }
@@ -68,18 +69,46 @@ func (l *liveSet) addManifest(img *liveImage, f *fetched) {
 	img.manifests[f.digest] = f
 }
 
+// addBlobs records blobs img's manifests reference, before those
+// manifests are given to clients: only these may be fetched for a client.
+func (l *liveSet) addBlobs(img *liveImage, descs []v1.Descriptor) {
+	if img == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, d := range descs {
+		img.blobs[d.Digest] = d
+	}
+}
+
 // manifest finds the manifest dgst of repo among the copies in flight.
 func (l *liveSet) manifest(repo string, dgst digest.Digest) *fetched {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, img := range l.images {
-		if img.repo == repo {
+		if img.src.local == repo {
 			if f := img.manifests[dgst]; f != nil {
 				return f
 			}
 		}
 	}
 	return nil
+}
+
+// plannedBlob finds, among the on-demand copies in flight into repo, one
+// whose manifests reference blob dgst.
+func (l *liveSet) plannedBlob(repo string, dgst digest.Digest) (source, v1.Descriptor, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, img := range l.images {
+		if img.src.local == repo && img.mode == modeOnDemand {
+			if d, ok := img.blobs[dgst]; ok {
+				return img.src, d, true
+			}
+		}
+	}
+	return source{}, v1.Descriptor{}, false
 }
 
 // published is img's top manifest once given to clients (nil before, or
@@ -109,13 +138,16 @@ func (s *Syncer) image(ctx context.Context, src source, ref, key, mode string,
 		return img
 	}
 	img := &liveImage{
-		key: key, repo: src.local, mode: mode,
+		key: key, src: src, mode: mode,
 		ready: make(chan struct{}), done: make(chan struct{}),
-		manifests: map[digest.Digest]*fetched{},
+		manifests: map[digest.Digest]*fetched{}, blobs: map[digest.Digest]v1.Descriptor{},
 	}
 	s.live.images[key] = img
 	s.spawn(ctx, func(fctx context.Context) {
-		err := run(fctx, img)
+		err := fctx.Err() // closed
+		if err == nil {
+			err = run(fctx, img)
+		}
 		s.live.mu.Lock()
 		delete(s.live.images, key)
 		img.err = err
@@ -134,9 +166,20 @@ func (s *Syncer) image(ctx context.Context, src source, ref, key, mode string,
 
 // spawn runs fn in the background with a context detached from ctx's
 // cancellation (values kept): one client hanging up does not stop work
-// others wait for. Close cancels it; onDemandTimeout bounds it.
+// others wait for. Close cancels it; onDemandTimeout bounds it. After
+// Close, fn gets a context already cancelled: it must then only settle
+// its waiters.
 func (s *Syncer) spawn(ctx context.Context, fn func(context.Context)) {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		cancel()
+		go fn(cctx)
+		return
+	}
 	s.wg.Add(1)
+	s.closeMu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), onDemandTimeout)
@@ -147,18 +190,20 @@ func (s *Syncer) spawn(ctx context.Context, fn func(context.Context)) {
 	}()
 }
 
-// Blob implements api.Syncer: a blob repo lacks is streamed from a copy in
-// flight, which a GET (fetch) starts when the sync rules select repo.
-func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest, fetch bool) (api.SyncedBlob, error) {
+// Blob implements api.Syncer: a blob repo lacks that an on-demand copy in
+// flight references is streamed from that copy (started now if its turn
+// has not come). Other blobs are never fetched for a client: a digest
+// alone would bypass the content rules, the tag filters and onlySigned.
+func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest) (api.SyncedBlob, error) {
 	s.live.mu.Lock()
 	b := s.live.blobs[repo+"@"+dgst.String()]
 	s.live.mu.Unlock()
 	if b == nil {
-		src, ok := s.onDemandSource(repo)
-		if !fetch || !ok {
+		src, d, ok := s.live.plannedBlob(repo, dgst)
+		if !ok {
 			return nil, nil
 		}
-		b = s.blob(ctx, src, v1.Descriptor{Digest: dgst}, src.reg.mirrors, false)
+		b = s.blob(ctx, src, d, src.reg.mirrors, true)
 	}
 	select {
 	case <-b.started:
@@ -177,11 +222,9 @@ func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest, fetc
 }
 
 // blob starts the copy of d into src.local from mirrors unless one is in
-// flight, and returns it. planned says d comes from an upstream manifest:
-// only then may the blob be mounted from another local repository (an
-// arbitrary digest asked by a client must come from upstream, or it would
-// reveal other repositories' content).
-func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors []*upstream, planned bool) *liveBlob {
+// flight, and returns it. spool stages its bytes for clients reading it
+// meanwhile (on-demand copies; a periodic one is served once stored).
+func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors []*upstream, spool bool) *liveBlob {
 	key := src.local + "@" + d.Digest.String()
 	s.live.mu.Lock()
 	defer s.live.mu.Unlock()
@@ -191,7 +234,10 @@ func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors 
 	b := newLiveBlob(key, src, d.Digest)
 	s.live.blobs[key] = b
 	s.spawn(ctx, func(fctx context.Context) {
-		err := s.fetchBlob(fctx, b, d, mirrors, planned)
+		err := fctx.Err() // closed
+		if err == nil {
+			err = s.fetchBlob(fctx, b, d, mirrors, spool)
+		}
 		s.live.mu.Lock()
 		delete(s.live.blobs, key)
 		s.live.mu.Unlock()
@@ -202,7 +248,7 @@ func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors 
 
 // fetchBlob makes d present in b.src.local: already there, mounted, or
 // downloaded from the first mirror that answers.
-func (s *Syncer) fetchBlob(ctx context.Context, b *liveBlob, d v1.Descriptor, mirrors []*upstream, planned bool) error {
+func (s *Syncer) fetchBlob(ctx context.Context, b *liveBlob, d v1.Descriptor, mirrors []*upstream, spool bool) error {
 	src := b.src
 	if _, err := s.deps.Registry.Store().Stat(ctx, src.local, d.Digest); err == nil {
 		return nil
@@ -210,12 +256,12 @@ func (s *Syncer) fetchBlob(ctx context.Context, b *liveBlob, d v1.Descriptor, mi
 	if err := storage.ValidateDigest(d.Digest); err != nil {
 		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + d.Digest.String(), Err: err}
 	}
-	if planned && s.mount(ctx, src, d.Digest) {
+	if s.mount(ctx, src, d.Digest, mirrors) {
 		return nil
 	}
 	var err error
 	for i, u := range mirrors {
-		err = s.download(ctx, u, b, d)
+		err = s.download(ctx, u, b, d, spool)
 		if err == nil || !errors.Is(err, storage.ErrUnavailable) || i == len(mirrors)-1 {
 			return err
 		}
@@ -223,11 +269,16 @@ func (s *Syncer) fetchBlob(ctx context.Context, b *liveBlob, d v1.Descriptor, mi
 	return err
 }
 
-// mount links a blob another local repository holds instead of
-// downloading it again (the metadata store's blob index says where).
-func (s *Syncer) mount(ctx context.Context, src source, dgst digest.Digest) bool {
+// mount links a blob another local repository holds (the metadata
+// store's blob index says where) instead of downloading it again, once
+// upstream confirms it has the blob: a manifest upstream naming a digest
+// it does not hold must not obtain another repository's content.
+func (s *Syncer) mount(ctx context.Context, src source, dgst digest.Digest, mirrors []*upstream) bool {
 	from, err := s.deps.Registry.LocateBlob(ctx, dgst, src.local)
-	if err != nil {
+	if err != nil || len(mirrors) == 0 {
+		return false
+	}
+	if ok, err := mirrors[0].blobExists(ctx, src.upstream, dgst); !ok || err != nil {
 		return false
 	}
 	if err := s.deps.Registry.Store().Mount(ctx, from, src.local, dgst); err != nil {
@@ -242,7 +293,7 @@ func (s *Syncer) mount(ctx context.Context, src source, dgst digest.Digest) bool
 // download streams one blob from mirror u into a local upload and, through
 // b's spool, to the clients reading it meanwhile; the store verifies the
 // digest before committing.
-func (s *Syncer) download(ctx context.Context, u *upstream, b *liveBlob, d v1.Descriptor) error {
+func (s *Syncer) download(ctx context.Context, u *upstream, b *liveBlob, d v1.Descriptor, spool bool) error {
 	src := b.src
 	store := s.deps.Registry.Store()
 	return u.retry(ctx, func() error {
@@ -267,6 +318,8 @@ func (s *Syncer) download(ctx context.Context, u *upstream, b *liveBlob, d v1.De
 		var r io.Reader = body
 		if size >= 0 {
 			r = io.LimitReader(body, size)
+		}
+		if size >= 0 && spool {
 			if err := b.begin(s.dir, size); err != nil {
 				s.logger(ctx, src).Warn().Err(err).Str("digest", d.Digest.String()).Msg("cannot stage the blob; clients wait for the copy")
 			} else {
@@ -294,8 +347,12 @@ func (s *Syncer) download(ctx context.Context, u *upstream, b *liveBlob, d v1.De
 	})
 }
 
-// Close stops the copies in flight and waits for them.
+// Close stops the copies in flight and waits for them; copies asked for
+// afterwards fail at once.
 func (s *Syncer) Close() {
+	s.closeMu.Lock()
+	s.closed = true
+	s.closeMu.Unlock()
 	s.stop()
 	s.wg.Wait()
 }

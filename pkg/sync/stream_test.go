@@ -2,9 +2,11 @@ package sync
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +15,7 @@ import (
 	"strings"
 	gosync "sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/berthreg/berth/pkg/api"
 	"github.com/berthreg/berth/pkg/config"
+	"github.com/berthreg/berth/pkg/storage"
 )
 
 // layerOf returns the digest of img's biggest layer.
@@ -58,7 +62,8 @@ func TestStreamWhileSyncing(t *testing.T) {
 	spool := t.TempDir()
 	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
 	e.s.dir = spool
-	ctx := t.Context()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a hang fails, not the test binary's timeout
+	defer cancel()
 
 	m, err := e.s.Manifest(ctx, "lib/big", "1", true)
 	if err != nil || m == nil || m.Digest != want.String() || m.MediaType != string(types.DockerManifestSchema2) {
@@ -71,7 +76,7 @@ func TestStreamWhileSyncing(t *testing.T) {
 
 	readers := make([]api.SyncedBlob, 3)
 	for i := range readers {
-		sb, err := e.s.Blob(ctx, "lib/big", digest.Digest(layer.String()), i == 0)
+		sb, err := e.s.Blob(ctx, "lib/big", digest.Digest(layer.String()))
 		if err != nil || sb == nil || sb.Size() != size {
 			t.Fatalf("Blob #%d = %v, %v (size want %d)", i, sb, err, size)
 		}
@@ -119,9 +124,15 @@ func TestStreamWhileSyncing(t *testing.T) {
 	if n := up.count("GET", "/v2/lib/big/blobs/"+layer.String()); n != 1 {
 		t.Errorf("upstream GETs of the layer = %d, want 1", n)
 	}
-	// Stored now: the registry serves it, not the syncer.
-	if sb, err := e.s.Blob(ctx, "lib/big", digest.Digest(layer.String()), true); sb != nil || err != nil {
+	// Stored now: the registry serves it, not the syncer; the spool is gone.
+	if sb, err := e.s.Blob(ctx, "lib/big", digest.Digest(layer.String())); sb != nil || err != nil {
 		t.Errorf("Blob after the copy = %v, %v; want nil, nil", sb, err)
+	}
+	for _, sb := range readers {
+		sb.Close()
+	}
+	if spoolIn(t, spool) {
+		t.Error("a spool file is still open after the copy and its readers ended")
 	}
 }
 
@@ -278,7 +289,7 @@ func TestSyncMountsLocalBlobs(t *testing.T) {
 	}
 	upl.Close()
 	e.reg.NoteBlob(ctx, "private/x", sd)
-	sb, err := e.s.Blob(ctx, "c/probe", sd, true)
+	sb, err := e.s.Blob(ctx, "c/probe", sd)
 	if err != nil || sb != nil {
 		t.Errorf("probe of a digest upstream lacks = %v, %v; want nil, nil (404)", sb, err)
 	}
@@ -341,6 +352,7 @@ func TestBlobReaderSeek(t *testing.T) {
 			t.Errorf("Seek(%d, %d) = %d, %v; want %d", c.off, c.whence, got, err, c.want)
 		}
 	}
+	b.finish(nil)
 	rest, _ := io.ReadAll(r)
 	if string(rest) != "9" {
 		t.Errorf("read %q after seeking to 9", rest)
@@ -348,15 +360,169 @@ func TestBlobReaderSeek(t *testing.T) {
 	if _, err := r.Seek(-20, io.SeekEnd); err == nil {
 		t.Error("seek before the start accepted")
 	}
-	b.finish(errors.New("boom"))
-	r2 := b.reader(t.Context())
-	if r2 != nil {
-		t.Error("a reader of a failed copy")
-	}
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
+
+	failed := newLiveBlob("r@d", source{}, "sha256:x")
+	if err := failed.begin(t.TempDir(), 10); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Read(make([]byte, 4)); !errors.Is(err, errCopyFailed) {
+	r3 := failed.reader(t.Context())
+	defer r3.Close()
+	failed.finish(errors.New("boom"))
+	if failed.reader(t.Context()) != nil {
+		t.Error("a reader of a failed copy")
+	}
+	if _, err := r3.Read(make([]byte, 4)); !errors.Is(err, errCopyFailed) {
 		t.Errorf("read after failure = %v, want errCopyFailed", err)
+	}
+}
+
+// fixedSyncer serves one liveBlob's reader for every Blob call.
+type fixedSyncer struct{ b *liveBlob }
+
+func (f fixedSyncer) Manifest(context.Context, string, string, bool) (*api.SyncedManifest, error) {
+	return nil, nil
+}
+func (f fixedSyncer) Referrers(context.Context, string, digest.Digest) error { return nil }
+func (f fixedSyncer) Blob(ctx context.Context, _ string, _ digest.Digest) (api.SyncedBlob, error) {
+	if rd := f.b.reader(ctx); rd != nil {
+		return rd, nil
+	}
+	return nil, nil
+}
+
+// TestStreamHoldsLastByteUntilVerified: every byte is in the spool but the
+// digest check has not run: a reader gets all but the last byte, and when
+// the check fails, an aborted response — never a complete 200 of wrong
+// bytes that a cache could keep.
+func TestStreamHoldsLastByteUntilVerified(t *testing.T) {
+	wrong := []byte("these are not the bytes of the digest")
+	dgst := digest.FromString("the real blob")
+	b := newLiveBlob("r@"+dgst.String(), source{}, dgst)
+	if err := b.begin(t.TempDir(), int64(len(wrong))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.writer().Write(wrong); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.New(newLocal(t), api.Options{Log: zerolog.Nop(), Sync: fixedSyncer{b}}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/v2/r/blobs/" + dgst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got := make([]byte, len(wrong)-1)
+	if _, err := io.ReadFull(resp.Body, got); err != nil || !bytes.Equal(got, wrong[:len(wrong)-1]) {
+		t.Fatalf("first bytes: %q, %v", got, err)
+	}
+	b.finish(errors.New("digest mismatch")) // what Commit finds
+	if rest, err := io.ReadAll(resp.Body); err == nil {
+		t.Errorf("the response ended cleanly (%q more) after the copy failed its digest check", rest)
+	}
+
+	// The same, verified: the last byte follows.
+	b2 := newLiveBlob("r@x", source{}, dgst)
+	if err := b2.begin(t.TempDir(), 3); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = b2.writer().Write([]byte("abc"))
+	r := b2.reader(t.Context())
+	defer r.Close()
+	buf := make([]byte, 8)
+	if n, _ := r.Read(buf); n != 2 {
+		t.Fatalf("read %d bytes before the check, want 2", n)
+	}
+	b2.finish(nil)
+	if n, err := r.Read(buf); n != 1 || err != nil || buf[0] != 'c' {
+		t.Fatalf("after the check: %d %q %v", n, buf[:n], err)
+	}
+	if _, err := r.Read(buf); err != io.EOF {
+		t.Errorf("then %v, want EOF", err)
+	}
+}
+
+// TestBlobNotFetchedOutsideCopies: with onlySigned, the manifest of an
+// unsigned image is a 404, and naming one of its layers by digest does not
+// make the registry download, stream or store it.
+func TestBlobNotFetchedOutsideCopies(t *testing.T) {
+	up := newUpstream(t, true)
+	img := randomImage(t, 4096, 1)
+	up.push(t, "app:unsigned", img)
+	layer, _ := layerOf(t, img)
+	rc := regConfig(up.URL)
+	rc.OnlySigned = ptr(true)
+	e := newSyncEnv(t, []config.SyncRegistry{rc}, nil)
+	ctx := t.Context()
+	if m, err := e.s.Manifest(ctx, "app", "unsigned", true); m != nil || err != nil {
+		t.Fatalf("Manifest of an unsigned image = %+v, %v; want nil, nil", m, err)
+	}
+	settle(t, e.s)
+	if sb, err := e.s.Blob(ctx, "app", digest.Digest(layer.String())); sb != nil || err != nil {
+		t.Errorf("Blob of an unsigned image's layer = %v, %v; want nil, nil", sb, err)
+	}
+	settle(t, e.s)
+	if n := up.count("GET", "/v2/app/blobs/"+layer.String()); n != 0 {
+		t.Errorf("%d upstream GETs of the layer", n)
+	}
+	if _, err := e.reg.Store().Stat(ctx, "app", digest.Digest(layer.String())); err == nil {
+		t.Error("a layer of an unsigned image was stored")
+	}
+}
+
+// TestPresentTagUpdateFailureServesLocal: a tag present locally whose
+// re-check finds a new digest is updated before the answer; when the
+// update fails, the intact local image is what the client gets.
+func TestPresentTagUpdateFailureServesLocal(t *testing.T) {
+	up := newUpstream(t, true)
+	first := up.push(t, "app:latest", randomImage(t, 64, 1))
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	if err := e.pull(t, "app", "latest", true); err != nil || e.digest(t, "app", "latest") != first.String() {
+		t.Fatalf("first pull: %v", err)
+	}
+	img2 := randomImage(t, 64, 1)
+	up.push(t, "app:latest", img2)
+	layer2, _ := layerOf(t, img2)
+	up.setFail(func(r *http.Request) (int, bool) {
+		return http.StatusServiceUnavailable, r.URL.Path == "/v2/app/blobs/"+layer2.String()
+	})
+	e.clock.Advance(6 * time.Minute)
+	m, err := e.s.Manifest(t.Context(), "app", "latest", false)
+	if m != nil {
+		t.Errorf("present tag: Manifest gave upstream's %s to serve; want nil (serve the local copy)", m.Digest)
+	}
+	if !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("present tag, failed update: err %v, want ErrUnavailable (logged, local copy served)", err)
+	}
+	if got := e.digest(t, "app", "latest"); got != first.String() {
+		t.Errorf("local tag %s after a failed update, want the intact %s", got, first)
+	}
+}
+
+// TestCloseStopsCopies: after Close no copy starts (nothing reaches
+// upstream or the store), and Close racing with new requests is safe.
+func TestCloseStopsCopies(t *testing.T) {
+	up := newUpstream(t, true)
+	up.push(t, "app:1", randomImage(t, 4096, 1))
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	var wg gosync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = e.s.Manifest(context.Background(), fmt.Sprintf("race/%d", i), "1", true)
+		}()
+	}
+	e.s.Close()
+	wg.Wait()
+	before := up.total("")
+	if m, err := e.s.Manifest(t.Context(), "app", "1", true); m != nil || err == nil {
+		t.Errorf("Manifest after Close = %+v, %v; want an error", m, err)
+	}
+	settle(t, e.s)
+	if n := up.total("") - before; n != 0 {
+		t.Errorf("%d upstream requests after Close", n)
+	}
+	if e.digest(t, "app", "1") != "" {
+		t.Error("an image was stored after Close")
 	}
 }

@@ -78,9 +78,11 @@ type Syncer struct {
 	live    liveSet
 	dir     string // spool files of blobs in flight (downloadDir)
 
-	bg   context.Context // cancelled by Close
-	stop context.CancelFunc
-	wg   gosync.WaitGroup // copies in flight
+	bg      context.Context // cancelled by Close
+	stop    context.CancelFunc
+	closeMu gosync.Mutex
+	closed  bool
+	wg      gosync.WaitGroup // copies in flight; Add only while !closed
 }
 
 // upstreamRegistry is one configured upstream with its mirrors.
@@ -198,15 +200,17 @@ func (s *Syncer) newRegistry(rc config.SyncRegistry, field string, creds credent
 }
 
 // Manifest implements api.Syncer: before repo:ref is answered, it starts
-// the copy of the image from upstream when it is missing locally, or when
-// ref is a tag whose re-check interval has passed and upstream now has
-// another digest, and returns upstream's manifest as soon as it is known
-// and valid: the client goes on to the blobs, streamed from the copy in
-// flight (see Blob), while the registry stores the image bottom-up and
-// tags it last. It returns nil when the registry's own copy is to be
-// served, or when upstream does not have the image (the registry then
-// answers 404), and an error wrapping storage.ErrUnavailable when upstream
-// cannot be reached.
+// the copy of the image from upstream when it is missing locally, and
+// returns upstream's manifest as soon as it is known and valid: the client
+// goes on to the blobs, streamed from the copy in flight (see Blob), while
+// the registry stores the image bottom-up and tags it last. For a tag
+// present locally whose re-check interval has passed, it compares the
+// digest upstream and, when it moved, copies the new image before
+// returning nil: the registry then serves its copy, updated or (when the
+// update failed) intact. It returns nil when the registry's copy is to be
+// served or upstream does not have the image (the registry then answers
+// 404), and an error wrapping storage.ErrUnavailable when upstream cannot
+// be reached.
 func (s *Syncer) Manifest(ctx context.Context, repo, ref string, missing bool) (*api.SyncedManifest, error) {
 	dgst, tag, err := registry.ParseReference(ref)
 	if err != nil || (!missing && tag == "") {
@@ -229,15 +233,19 @@ func (s *Syncer) Manifest(ctx context.Context, repo, ref string, missing bool) (
 	img := s.image(ctx, src, ref, key, modeOnDemand, func(fctx context.Context, img *liveImage) error {
 		return s.onDemand(fctx, src, ref, key, img)
 	})
+	wait := img.ready
+	if !missing {
+		wait = img.done
+	}
 	select {
-	case <-img.ready:
+	case <-wait:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	s.live.mu.Lock()
 	top, err := img.top, img.err
 	s.live.mu.Unlock()
-	if top != nil {
+	if top != nil && missing {
 		return served(top), nil
 	}
 	return nil, s.answer(ctx, src, ref, err)
@@ -304,8 +312,8 @@ func (s *Syncer) Referrers(ctx context.Context, repo string, dgst digest.Digest)
 		return nil
 	}
 	err := s.flights.do(ctx, key, s.spawn, func(fctx context.Context) error {
-		if s.checks.recent(key, s.deps.Now()) {
-			return nil
+		if err := fctx.Err(); err != nil || s.checks.recent(key, s.deps.Now()) {
+			return err // closed, or checked meanwhile
 		}
 		var err error
 		for i, u := range src.reg.mirrors {
@@ -334,7 +342,7 @@ func (s *Syncer) referrersFrom(ctx context.Context, u *upstream, src source, dgs
 			return err
 		}
 	}
-	if err := s.copyBlobs(ctx, u, src, p.blobs); err != nil {
+	if err := s.copyBlobs(ctx, u, src, p.blobs, false); err != nil {
 		return err
 	}
 	for _, pm := range p.manifests {

@@ -310,6 +310,22 @@ func (u *upstream) exists(ctx context.Context, repo, ref string) (bool, error) {
 	return err == nil, err
 }
 
+// blobExists reports whether upstream has repo's blob dgst (a HEAD).
+func (u *upstream) blobExists(ctx context.Context, repo string, dgst digest.Digest) (bool, error) {
+	err := u.retry(ctx, func() error {
+		resp, err := u.open(ctx, http.MethodHead, "/v2/"+repo+"/blobs/"+dgst.String(), pullScope(repo), "", http.StatusOK)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	if errors.Is(err, errNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // expectedDigest is the digest a manifest must have: the reference when it
 // is one, else the server's header when usable, else SHA-256 of the body.
 func expectedDigest(ref, header string, body []byte) digest.Digest {
