@@ -3,8 +3,10 @@ package e2e
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,6 +113,31 @@ func waitTCP(p *proc, addr string, timeout time.Duration) error {
 			return fmt.Errorf("%s not listening on %s after %s: %v\n%s", p.name, addr, timeout, err, tailFile(p.log, 20))
 		}
 		time.Sleep(30 * time.Millisecond)
+	}
+}
+
+// errExited is pollReady's answer when the process exits first.
+var errExited = errors.New("exited during startup")
+
+// pollReady polls url with client every 50ms until it answers 200 (nil),
+// p exits (errExited) or timeout passes (an error with the last failure).
+func pollReady(client *http.Client, url string, p *proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if p.exited() {
+			return errExited
+		}
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready on %s after %s (last: %v)", url, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -73,7 +73,7 @@ func TestClusterAuth(t *testing.T) {
 	t.Run("challenge", func(t *testing.T) {
 		for _, e := range c.entries() {
 			res := c.do(t, e, "GET", "/v2/", "", "", nil, nil)
-			if res.Status != http.StatusUnauthorized || !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Basic ") || cmErrorCode(res.Body) != "UNAUTHORIZED" {
+			if res.Status != http.StatusUnauthorized || !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Basic ") || ociErrorCode(res.Body) != "UNAUTHORIZED" {
 				t.Errorf("anonymous GET /v2/ via %s: %s", c.name(e), res)
 			}
 			if res := c.do(t, e, "GET", "/v2/", alice, pw[alice], nil, nil); res.Status != http.StatusOK {
@@ -226,7 +226,7 @@ func TestClusterAuth(t *testing.T) {
 					body = man
 				}
 				res := c.do(t, e, rq.method, rq.path, reader, pw[reader], map[string]string{"Content-Type": mtManifest}, body)
-				if res.Status != http.StatusForbidden || cmErrorCode(res.Body) != "DENIED" {
+				if res.Status != http.StatusForbidden || ociErrorCode(res.Body) != "DENIED" {
 					t.Errorf("reader %s %s via %s: %s, want 403 DENIED", rq.method, rq.path, c.name(e), res)
 				}
 			}

@@ -22,77 +22,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
-
-// cxOpts configures cxStartCluster.
-type cxOpts struct {
-	LB bool
-	// Storage keys merged into every member's storage section (gc,
-	// gcDelay, gcInterval, retention).
-	Storage map[string]any
-	// Extra top-level keys (extensions).
-	Extra map[string]any
-}
-
-// cxStartCluster is startCluster with storage options: it writes each
-// member's configuration, merges opts.Storage into its storage section, and
-// starts the members (and HAProxy) exactly as startCluster does.
-func cxStartCluster(t *testing.T, opts cxOpts) *cluster {
-	t.Helper()
-	start := time.Now()
-	c := &cluster{t: t, Store: newStore(t, backendS3Dynamo), Port: clusterPort(t)}
-	var members []string
-	for _, ip := range memberIPs {
-		members = append(members, fmt.Sprintf("%s:%d", ip, c.Port))
-	}
-	extra := map[string]any{"cluster": map[string]any{"members": members, "hashKey": clusterHashKey}}
-	for k, v := range opts.Extra {
-		extra[k] = v
-	}
-	for _, ip := range memberIPs {
-		r := newRegistry(t, regOpts{Store: c.Store, Addr: ip, Port: c.Port, Extra: extra})
-		if len(opts.Storage) > 0 {
-			cxPatchConfig(t, r.cfgPath, "storage", opts.Storage)
-		}
-		c.Members = append(c.Members, r)
-	}
-	for _, m := range c.Members {
-		m.start()
-	}
-	if opts.LB {
-		c.LB = startHAProxy(t, c.Members)
-		c.LBReg = &reg{t: t, Host: c.LB.Host, URL: "http://" + c.LB.Host, Store: c.Store}
-	}
-	c.waitPeersUp(t, nil, 10*time.Second)
-	if c.LB != nil {
-		c.LB.waitStatus(t, map[string]string{"m1": "UP", "m2": "UP", "m3": "UP"}, 10*time.Second)
-	}
-	t.Logf("cluster %v (bucket %s) ready in %s", members, c.Store.Bucket, time.Since(start).Round(time.Millisecond))
-	return c
-}
-
-// cxPatchConfig merges kv into the object at key of a JSON config file.
-func cxPatchConfig(t *testing.T, path, key string, kv map[string]any) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	must(t, err)
-	var cfg map[string]any
-	must(t, json.Unmarshal(b, &cfg))
-	sec, _ := cfg[key].(map[string]any)
-	if sec == nil {
-		sec = map[string]any{}
-	}
-	for k, v := range kv {
-		sec[k] = v
-	}
-	cfg[key] = sec
-	b, err = json.MarshalIndent(cfg, "", "  ")
-	must(t, err)
-	must(t, os.WriteFile(path, b, 0o644))
-}
 
 // cli runs the registry binary (registry gc, registry cluster owner) with
 // the storage's environment and returns stdout and stderr.
@@ -200,26 +132,6 @@ func cxSum(m map[string]float64) float64 {
 		s += v
 	}
 	return s
-}
-
-// term stops the member gracefully (SIGTERM) and waits for it to exit.
-func (r *reg) cxTerm(t *testing.T) {
-	t.Helper()
-	r.mu.Lock()
-	cmd, done := r.cmd, r.done
-	r.cmd = nil
-	r.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		<-done
-		t.Errorf("%s did not exit within 30s of SIGTERM", r.Host)
-	}
 }
 
 // cxBlobFiles lists the blob files of repo in storage root: digest -> size.
@@ -442,6 +354,12 @@ func (m *cxImg) tryPush(e *reg, repo, ref string, skipExisting bool) error {
 			return err
 		}
 	}
+	return m.putManifest(e, repo, ref)
+}
+
+// putManifest PUTs the image's manifest (only) to repo:ref through e and
+// checks the 201 and its digest.
+func (m *cxImg) putManifest(e *reg, repo, ref string) error {
 	res, err := e.try("PUT", "/v2/"+repo+"/manifests/"+ref, map[string]string{"Content-Type": m.MediaType}, m.Manifest)
 	if err != nil {
 		return err
@@ -464,7 +382,7 @@ type cxStatusError struct {
 func (e *cxStatusError) Error() string { return e.What + ": " + e.Res.String() }
 
 // code is the first OCI error code of the answer.
-func (e *cxStatusError) code() string { return syncErrorCode(e.Res.Body) }
+func (e *cxStatusError) code() string { return ociErrorCode(e.Res.Body) }
 
 // cxUpload uploads b to repo with POST + PUT (after a HEAD when
 // skipExisting).
@@ -486,11 +404,17 @@ func cxUpload(e *reg, repo string, b []byte, skipExisting bool) error {
 	if res.Status != http.StatusAccepted {
 		return &cxStatusError{"POST upload", res}
 	}
+	return cxFinishUpload(e, res, b)
+}
+
+// cxFinishUpload completes the upload session that res (a 202 answer)
+// started with b in one PUT.
+func cxFinishUpload(e *reg, res *resp, b []byte) error {
 	loc := res.Header.Get("Location")
 	if strings.HasPrefix(loc, "/") {
 		loc = e.URL + loc
 	}
-	res, err = e.try("PUT", withQuery(loc, "digest="+d), map[string]string{"Content-Type": "application/octet-stream"}, b)
+	res, err := e.try("PUT", withQuery(loc, "digest="+sha256Digest(b)), map[string]string{"Content-Type": "application/octet-stream"}, b)
 	if err != nil {
 		return err
 	}
@@ -510,18 +434,6 @@ func cxLogLines(t *testing.T, r *reg, msg string) []logLine {
 		}
 	}
 	return out
-}
-
-// cxWait polls ok every 100ms until it holds or timeout passes.
-func cxWait(t *testing.T, timeout time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // cxKeys returns the sorted keys of a map.

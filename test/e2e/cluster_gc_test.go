@@ -132,7 +132,7 @@ func cxPassLines(t *testing.T, m *reg, mark int64) []logLine {
 // waitPasses waits until every member has logged n passes after marks.
 func (c *cluster) cxWaitPasses(t *testing.T, marks map[string]int64, n int, timeout time.Duration) {
 	t.Helper()
-	cxWait(t, timeout, fmt.Sprintf("%d garbage collection passes on every member", n), func() bool {
+	waitUntil(t, timeout, fmt.Sprintf("%d garbage collection passes on every member", n), func() bool {
 		for _, m := range c.Members {
 			if len(cxPassLines(t, m, marks[m.Host])) < n {
 				return false
@@ -179,7 +179,7 @@ func cxLayoutRepos(t *testing.T, root string) []string {
 func TestClusterGC(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	c := cxStartCluster(t, cxOpts{LB: true, Storage: map[string]any{"gcDelay": "1s", "gcInterval": "2s"}})
+	c := startCluster(t, clusterOpts{LB: true, Storage: map[string]any{"gcDelay": "1s", "gcInterval": "2s"}})
 	root := c.StorageRoot()
 	entries := c.entries()
 	work := t.TempDir()
@@ -751,7 +751,7 @@ func (s *cxStressStats) add(m map[string]int, k string) {
 func TestClusterGCStress(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	c := cxStartCluster(t, cxOpts{LB: true, Storage: map[string]any{"gcDelay": "1ms", "gcInterval": "200ms"}})
+	c := startCluster(t, clusterOpts{LB: true, Storage: map[string]any{"gcDelay": "1ms", "gcInterval": "200ms"}})
 	entries := c.entries()
 	const (
 		clients   = 4
@@ -1001,16 +1001,8 @@ func cxStressPush(e *reg, repo, tag string, img *cxImg, rng *mrand.Rand, from st
 				return &cxStatusError{"POST mount", res}
 			}
 			// Not mounted: a session was started; finish it with the blob.
-			loc := res.Header.Get("Location")
-			if strings.HasPrefix(loc, "/") {
-				loc = e.URL + loc
-			}
-			res, err = e.try("PUT", withQuery(loc, "digest="+d), map[string]string{"Content-Type": "application/octet-stream"}, b)
-			if err != nil {
+			if err := cxFinishUpload(e, res, b); err != nil {
 				return err
-			}
-			if res.Status != http.StatusCreated {
-				return &cxStatusError{"PUT blob", res}
 			}
 			continue
 		}
@@ -1021,17 +1013,7 @@ func cxStressPush(e *reg, repo, tag string, img *cxImg, rng *mrand.Rand, from st
 	if rng.IntN(4) == 0 {
 		time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
 	}
-	res, err := e.try("PUT", "/v2/"+repo+"/manifests/"+tag, map[string]string{"Content-Type": img.MediaType}, img.Manifest)
-	if err != nil {
-		return err
-	}
-	if res.Status != http.StatusCreated {
-		return &cxStatusError{"PUT manifest", res}
-	}
-	if got := res.Header.Get("Docker-Content-Digest"); got != img.Digest {
-		return fmt.Errorf("PUT manifest: digest %q, want %s", got, img.Digest)
-	}
-	return nil
+	return img.putManifest(e, repo, tag)
 }
 
 // errCode names an error for the failure counts: its OCI code and status.
@@ -1195,7 +1177,7 @@ func TestClusterRetention(t *testing.T) {
 		}
 		policies = append(policies, p)
 	}
-	c := cxStartCluster(t, cxOpts{LB: true, Storage: map[string]any{
+	c := startCluster(t, clusterOpts{LB: true, Storage: map[string]any{
 		"gcDelay": "1s", "gcInterval": "0s",
 		"retention": map[string]any{"policies": policies},
 	}})
@@ -1251,7 +1233,7 @@ func TestClusterRetention(t *testing.T) {
 	}
 	for _, h := range cxKeys(restart) {
 		m := c.member(h)
-		m.cxTerm(t)
+		m.terminate(t, 30*time.Second)
 		if cxDynaliteDied(200 * time.Millisecond) {
 			t.Fatalf("dynalite died (ECONNRESET on an aborted request) when %s exited on SIGTERM: the member quit with DynamoDB writes in flight, i.e. before its pull times were flushed", h)
 		}

@@ -3,14 +3,12 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +35,11 @@ type cluster struct {
 }
 
 type clusterOpts struct {
-	LB    bool
+	LB bool
+	// Storage keys merged into every member's storage section (gc,
+	// gcDelay, gcInterval, retention).
+	Storage map[string]any
+	// Extra top-level config keys (e.g. "extensions").
 	Extra map[string]any
 	// SpareIPs are more addresses the cluster's port must be free on (for
 	// members a test adds later, e.g. 127.0.0.4).
@@ -51,30 +53,48 @@ func startCluster(t *testing.T, opts clusterOpts) *cluster {
 	t.Helper()
 	start := time.Now()
 	c := &cluster{t: t, Store: newStore(t, backendS3Dynamo), Port: clusterPort(t, opts.SpareIPs...)}
-	var members []string
-	for _, ip := range memberIPs {
-		members = append(members, fmt.Sprintf("%s:%d", ip, c.Port))
-	}
-	extra := map[string]any{"cluster": map[string]any{"members": members, "hashKey": clusterHashKey}}
+	extra := map[string]any{"cluster": map[string]any{"members": memberHosts(c.Port), "hashKey": clusterHashKey}}
 	for k, v := range opts.Extra {
 		extra[k] = v
 	}
 	for _, ip := range memberIPs {
-		c.Members = append(c.Members, newRegistry(t, regOpts{Store: c.Store, Addr: ip, Port: c.Port, Extra: extra}))
+		c.Members = append(c.Members, newRegistry(t, regOpts{Store: c.Store, Addr: ip, Port: c.Port, Storage: opts.Storage, Extra: extra}))
 	}
 	for _, m := range c.Members {
 		m.start()
 	}
-	if opts.LB {
-		c.LB = startHAProxy(t, c.Members)
-		c.LBReg = &reg{t: t, Host: c.LB.Host, URL: "http://" + c.LB.Host, Store: c.Store}
+	c.finishStart(t, opts.LB, nil, start)
+	return c
+}
+
+// memberHosts are the members' addresses at port ("127.0.0.1:P", ...).
+func memberHosts(port int) []string {
+	var hosts []string
+	for _, ip := range memberIPs {
+		hosts = append(hosts, fmt.Sprintf("%s:%d", ip, port))
+	}
+	return hosts
+}
+
+// finishStart starts HAProxy in front of the running members when lb is
+// set (with TLS on both sides when pki is set), waits until every member
+// sees every peer up and HAProxy has every server UP, and logs how long
+// the start took.
+func (c *cluster) finishStart(t *testing.T, lb bool, pki *testPKI, start time.Time) {
+	t.Helper()
+	kind, scheme := "cluster", "http://"
+	if pki != nil {
+		kind, scheme = "TLS cluster", "https://"
+	}
+	if lb {
+		c.LB = startHAProxy(t, c.Members, pki)
+		c.LBReg = &reg{t: t, Host: c.LB.Host, URL: scheme + c.LB.Host, Store: c.Store}
 	}
 	c.waitPeersUp(t, nil, 10*time.Second)
 	if c.LB != nil {
 		c.LB.waitStatus(t, map[string]string{"m1": "UP", "m2": "UP", "m3": "UP"}, 10*time.Second)
 	}
-	t.Logf("cluster %v (bucket %s) ready in %s", members, c.Store.Bucket, time.Since(start).Round(time.Millisecond))
-	return c
+	t.Logf("%s %v (bucket %s) ready in %s", kind, memberHosts(c.Port), c.Store.Bucket, time.Since(start).Round(time.Millisecond))
 }
 
 // clusterPort finds a port free on every member address (and on spare).
@@ -295,127 +315,6 @@ func (c *cluster) waitPeersUp(t *testing.T, skip map[string]bool, timeout time.D
 			t.Fatalf("members do not see each other up after %s: %v", timeout, bad)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// ---- HAProxy ----
-
-type haproxy struct {
-	p    *proc
-	Host string
-	sock string
-	cfg  string
-}
-
-// startHAProxy runs HAProxy in front of members as servers m1, m2, m3.
-func startHAProxy(t *testing.T, members []*reg) *haproxy {
-	t.Helper()
-	bin := tool(t, "haproxy")
-	dir := t.TempDir()
-	h := &haproxy{Host: fmt.Sprintf("127.0.0.1:%d", freePort(t)), sock: filepath.Join(dir, "admin.sock"), cfg: filepath.Join(dir, "haproxy.cfg")}
-	var servers strings.Builder
-	for i, m := range members {
-		fmt.Fprintf(&servers, "  server m%d %s check\n", i+1, m.Host)
-	}
-	cfg := fmt.Sprintf(`global
-  maxconn 2000
-  stats socket %s mode 600 level admin
-  log stdout format raw local0 info
-
-defaults
-  mode http
-  log global
-  option httplog
-  timeout connect 2s
-  timeout client 300s
-  timeout server 300s
-  retries 2
-  option redispatch
-
-frontend registry
-  bind %s
-  default_backend members
-
-backend members
-  balance roundrobin
-  option httpchk GET /readyz
-  http-check expect status 200
-  default-server inter 500ms fall 2 rise 2
-%s`, h.sock, h.Host, servers.String())
-	must(t, os.WriteFile(h.cfg, []byte(cfg), 0o644))
-	p, err := startProc("haproxy", filepath.Join(dir, "haproxy.log"), os.Environ(), bin, "-db", "-f", h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.p = p
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("haproxy log tail (%s):\n%s", p.log, tailFile(p.log, 30))
-		}
-	})
-	if err := waitTCP(p, h.Host, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// status returns each server's status (UP, DOWN, "UP 1/2", ...) from the
-// stats socket.
-func (h *haproxy) status() (map[string]string, error) {
-	c, err := net.DialTimeout("unix", h.sock, time.Second)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("show stat\n")); err != nil {
-		return nil, err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return nil, err
-	}
-	text := strings.TrimPrefix(strings.TrimSpace(string(b)), "# ")
-	rd := csv.NewReader(strings.NewReader(text))
-	rd.FieldsPerRecord = -1
-	recs, err := rd.ReadAll()
-	if err != nil || len(recs) < 2 {
-		return nil, fmt.Errorf("show stat: %v: %q", err, b)
-	}
-	col := map[string]int{}
-	for i, name := range recs[0] {
-		col[name] = i
-	}
-	out := map[string]string{}
-	for _, r := range recs[1:] {
-		if len(r) > col["status"] && r[col["pxname"]] == "members" && r[col["svname"]] != "BACKEND" {
-			out[r[col["svname"]]] = r[col["status"]]
-		}
-	}
-	return out, nil
-}
-
-// waitStatus waits until every server in want has that status and
-// returns how long it took.
-func (h *haproxy) waitStatus(t *testing.T, want map[string]string, timeout time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	var last map[string]string
-	var err error
-	for {
-		last, err = h.status()
-		ok := err == nil
-		for k, v := range want {
-			ok = ok && last[k] == v
-		}
-		if ok {
-			return time.Since(start)
-		}
-		if time.Since(start) > timeout {
-			t.Fatalf("haproxy servers %v (err %v) after %s, want %v", last, err, timeout, want)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

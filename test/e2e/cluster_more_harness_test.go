@@ -1,24 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -29,146 +21,10 @@ import (
 	"time"
 )
 
-// Helpers for the cluster resize, TLS and auth tests: a PKI with member
-// certificates, members serving HTTPS (optionally with authentication),
-// HAProxy terminating and re-encrypting TLS, config rewrites and reloads,
-// and a fake peer whose certificate can be switched.
-
-// ---- PKI ----
-
-// clusterPKI is a CA with a server certificate valid for every member
-// address (127.0.0.1-4 and localhost) and a client certificate members
-// present to each other, plus a second CA the members do not trust with a
-// server certificate for the same names.
-type clusterPKI struct {
-	CA         string // CA certificate (PEM)
-	CertDir    string // holds only ca.crt (skopeo --cert-dir)
-	ServerCert string
-	ServerKey  string
-	ClientCert string // cluster.tls.cert
-	ClientKey  string
-	ClientCN   string
-	OtherCA    string // the untrusted CA
-	OtherCert  string // a server certificate it signed, for the same names
-	OtherKey   string
-	Pool       *x509.CertPool // the trusted CA
-	BothPool   *x509.CertPool // both CAs
-
-	caCert *x509.Certificate
-}
-
-type cmKeyPair struct {
-	cert *x509.Certificate
-	der  []byte
-	key  *ecdsa.PrivateKey
-}
-
-func (k cmKeyPair) pems(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	kd, err := x509.MarshalPKCS8PrivateKey(k.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: k.der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
-}
-
-var cmSerial atomic.Int64
-
-// cmIssue makes a certificate signed by parent (self-signed when parent is nil).
-func cmIssue(t *testing.T, parent *cmKeyPair, tmpl *x509.Certificate) cmKeyPair {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = big.NewInt(100 + cmSerial.Add(1))
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	signer, signKey := tmpl, key
-	if parent != nil {
-		signer, signKey = parent.cert, parent.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cmKeyPair{cert: c, der: der, key: key}
-}
-
-func cmNewCA(t *testing.T, name string) cmKeyPair {
-	return cmIssue(t, nil, &x509.Certificate{
-		Subject: pkix.Name{CommonName: name}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	})
-}
-
-// cmMemberCertTemplate is a server certificate for every member address.
-func cmMemberCertTemplate() *x509.Certificate {
-	return &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "berth member"},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("127.0.0.2"), net.ParseIP("127.0.0.3"), net.ParseIP("127.0.0.4")},
-		DNSNames:    []string{"localhost"},
-	}
-}
-
-func newClusterPKI(t *testing.T) *clusterPKI {
-	t.Helper()
-	dir := t.TempDir()
-	ca := cmNewCA(t, "berth e2e cluster CA")
-	other := cmNewCA(t, "some other CA")
-	server := cmIssue(t, &ca, cmMemberCertTemplate())
-	otherServer := cmIssue(t, &other, cmMemberCertTemplate())
-	p := &clusterPKI{ClientCN: "berth-member-client"}
-	client := cmIssue(t, &ca, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: p.ClientCN},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	p.caCert = ca.cert
-	p.Pool = x509.NewCertPool()
-	p.Pool.AddCert(ca.cert)
-	p.BothPool = x509.NewCertPool()
-	p.BothPool.AddCert(ca.cert)
-	p.BothPool.AddCert(other.cert)
-	p.CertDir = filepath.Join(dir, "certs.d")
-	must(t, os.Mkdir(p.CertDir, 0o700))
-	write := func(name string, data []byte) string {
-		path := filepath.Join(dir, name)
-		must(t, os.WriteFile(path, data, 0o600))
-		return path
-	}
-	caPEM, _ := ca.pems(t)
-	otherPEM, _ := other.pems(t)
-	p.CA = write("ca.crt", caPEM)
-	write("certs.d/ca.crt", caPEM)
-	p.OtherCA = write("other-ca.crt", otherPEM)
-	c, k := server.pems(t)
-	p.ServerCert, p.ServerKey = write("server.crt", c), write("server.key", k)
-	c, k = client.pems(t)
-	p.ClientCert, p.ClientKey = write("client.crt", c), write("client.key", k)
-	c, k = otherServer.pems(t)
-	p.OtherCert, p.OtherKey = write("other-server.crt", c), write("other-server.key", k)
-	return p
-}
-
-// client is an HTTPS client trusting pool that does not follow redirects.
-func cmTLSClient(pool *x509.CertPool) *http.Client {
-	return &http.Client{
-		Timeout:       2 * time.Minute,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-			MaxIdleConnsPerHost: 16,
-		},
-	}
-}
+// Helpers for the cluster resize, TLS and auth tests: members serving
+// HTTPS (optionally with authentication; certificates in
+// pki_harness_test.go), config rewrites and reloads, and a fake peer whose
+// certificate can be switched.
 
 // ---- a cluster serving HTTPS ----
 
@@ -187,7 +43,7 @@ type secureOpts struct {
 // a test can replace one member's certificate.
 type secureCluster struct {
 	*cluster
-	PKI      *clusterPKI
+	PKI      *testPKI
 	Client   *http.Client // trusts the cluster CA
 	Htpasswd string
 	certs    map[string][2]string // member host -> its cert and key files
@@ -196,20 +52,16 @@ type secureCluster struct {
 func startSecureCluster(t *testing.T, opts secureOpts) *secureCluster {
 	t.Helper()
 	start := time.Now()
-	pki := newClusterPKI(t)
+	pki := newTestPKI(t)
 	c := &secureCluster{
 		cluster: &cluster{t: t, Store: newStore(t, backendS3Dynamo), Port: clusterPort(t)},
 		PKI:     pki,
-		Client:  cmTLSClient(pki.Pool),
+		Client:  tlsClient(pki.Pool),
 		certs:   map[string][2]string{},
 	}
 	if opts.Users != nil {
 		c.Htpasswd = filepath.Join(t.TempDir(), "htpasswd")
 		writeHTPasswdFile(t, c.Htpasswd, opts.Users)
-	}
-	var members []string
-	for _, ip := range memberIPs {
-		members = append(members, fmt.Sprintf("%s:%d", ip, c.Port))
 	}
 	for _, ip := range memberIPs {
 		host := fmt.Sprintf("%s:%d", ip, c.Port)
@@ -218,34 +70,17 @@ func startSecureCluster(t *testing.T, opts secureOpts) *secureCluster {
 		cmCopyFile(t, pki.ServerCert, cert)
 		cmCopyFile(t, pki.ServerKey, key)
 		c.certs[host] = [2]string{cert, key}
-		httpCfg := map[string]any{"address": ip, "port": fmt.Sprint(c.Port), "tls": map[string]any{"cert": cert, "key": key}}
-		if opts.Users != nil {
-			httpCfg["auth"] = map[string]any{"htpasswd": map[string]any{"path": c.Htpasswd}}
-		}
-		if opts.AccessControl != nil {
-			httpCfg["accessControl"] = opts.AccessControl
-		}
 		extra := map[string]any{
-			"http": httpCfg,
-			"cluster": map[string]any{"members": members, "hashKey": clusterHashKey,
+			"http": httpsConfig(ip, c.Port, cert, key, c.Htpasswd, opts.AccessControl),
+			"cluster": map[string]any{"members": memberHosts(c.Port), "hashKey": clusterHashKey,
 				"tls": map[string]any{"cacert": pki.CA, "cert": pki.ClientCert, "key": pki.ClientKey}},
 		}
-		r := newRegistry(t, regOpts{Store: c.Store, Addr: ip, Port: c.Port, Extra: extra})
-		r.URL = "https://" + r.Host
-		c.Members = append(c.Members, r)
+		c.Members = append(c.Members, newHTTPSRegistry(t, regOpts{Store: c.Store, Addr: ip, Port: c.Port, Extra: extra}, pki.Pool))
 	}
 	for _, m := range c.Members {
-		c.startMember(m, pki.Pool)
+		m.start()
 	}
-	if opts.LB {
-		c.LB = startHAProxyTLS(t, c.Members, pki)
-		c.LBReg = &reg{t: t, Host: c.LB.Host, URL: "https://" + c.LB.Host, Store: c.Store}
-	}
-	c.waitPeersUp(t, nil, 10*time.Second)
-	if c.LB != nil {
-		c.LB.waitStatus(t, map[string]string{"m1": "UP", "m2": "UP", "m3": "UP"}, 10*time.Second)
-	}
-	t.Logf("TLS cluster %v (bucket %s) ready in %s", members, c.Store.Bucket, time.Since(start).Round(time.Millisecond))
+	c.finishStart(t, opts.LB, pki, start)
 	return c
 }
 
@@ -258,54 +93,7 @@ func cmReadFile(t *testing.T, path string) []byte {
 
 func cmCopyFile(t *testing.T, from, to string) {
 	t.Helper()
-	b, err := os.ReadFile(from)
-	must(t, err)
-	must(t, os.WriteFile(to, b, 0o600))
-}
-
-// startMember starts (or restarts) a member serving HTTPS and waits until
-// its /readyz answers over TLS verified with pool.
-func (c *secureCluster) startMember(r *reg, pool *x509.CertPool) {
-	t := c.t
-	t.Helper()
-	r.Kill9()
-	stderr, err := os.OpenFile(filepath.Join(r.Dir, "stderr.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	must(t, err)
-	cmd := exec.Command(registryBin, "serve", r.cfgPath)
-	cmd.Env = append(os.Environ(), r.Store.env()...)
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		stderr.Close()
-		t.Fatalf("start registry: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); stderr.Close(); close(done) }()
-	r.mu.Lock()
-	r.cmd, r.done = cmd, done
-	r.mu.Unlock()
-	client := cmTLSClient(pool)
-	client.Timeout = 2 * time.Second
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case <-done:
-			t.Fatalf("registry %s exited during startup: %s\nstderr:\n%s\nlog:\n%s", r.Host, cmd.ProcessState,
-				tailFile(filepath.Join(r.Dir, "stderr.log"), 30), tailFile(r.LogPath, 30))
-		default:
-		}
-		resp, err := client.Get(r.URL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("registry not ready on %s after 30s (last: %v)\nlog:\n%s", r.URL, err, tailFile(r.LogPath, 30))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	must(t, os.WriteFile(to, cmReadFile(t, from), 0o600))
 }
 
 // useCert replaces member r's certificate and key files (read at start).
@@ -314,33 +102,10 @@ func (c *secureCluster) useCert(r *reg, cert, key string) {
 	cmCopyFile(c.t, key, c.certs[r.Host][1])
 }
 
-// do sends one request over HTTPS to endpoint e with optional Basic
+// try sends one request over HTTPS to endpoint e with optional Basic
 // credentials (user "" sends none). It never fails the test.
 func (c *secureCluster) try(e *reg, method, path, user, pass string, hdr map[string]string, body []byte) (*resp, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, e.URL+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	if user != "" {
-		req.SetBasicAuth(user, pass)
-	}
-	hr, err := c.Client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer hr.Body.Close()
-	b, err := io.ReadAll(hr.Body)
-	if err != nil {
-		return nil, err
-	}
-	return &resp{Status: hr.StatusCode, Header: hr.Header, Body: b}, nil
+	return send(c.Client, method, e.URL+path, user, pass, hdr, body)
 }
 
 func (c *secureCluster) do(t *testing.T, e *reg, method, path, user, pass string, hdr map[string]string, body []byte) *resp {
@@ -388,85 +153,13 @@ func (c *secureCluster) env(*testing.T) []string {
 // must runs a client command that must succeed and returns its stdout.
 func (c *secureCluster) must(t *testing.T, args ...string) string {
 	t.Helper()
-	res := execCmd(context.Background(), c.env(t), "", cmdTimeout, args...)
-	if res.Err != nil {
-		t.Fatalf("command failed: %s\nerror: %v\noutput:\n%s", strings.Join(redact(args), " "), res.Err, res.Combined)
-	}
-	return res.Stdout
+	return runEnv(t, c.env(t), "", args...).Stdout
 }
 
 // mustFail runs a client command that must fail and returns its output.
 func (c *secureCluster) mustFail(t *testing.T, args ...string) string {
 	t.Helper()
-	res := execCmd(context.Background(), c.env(t), "", cmdTimeout, args...)
-	if res.Err == nil {
-		t.Fatalf("command succeeded but should have failed: %s\noutput:\n%s", strings.Join(redact(args), " "), res.Combined)
-	}
-	return res.Combined
-}
-
-// ---- HAProxy with TLS ----
-
-// startHAProxyTLS runs HAProxy in front of members (servers m1, m2, ...):
-// it terminates TLS with the members' certificate and re-encrypts towards
-// the members, verifying them with the cluster CA; health checks are
-// GET /readyz over TLS.
-func startHAProxyTLS(t *testing.T, members []*reg, pki *clusterPKI) *haproxy {
-	t.Helper()
-	bin := tool(t, "haproxy")
-	dir := t.TempDir()
-	h := &haproxy{Host: fmt.Sprintf("127.0.0.1:%d", freePort(t)), sock: filepath.Join(dir, "admin.sock"), cfg: filepath.Join(dir, "haproxy.cfg")}
-	cert, err := os.ReadFile(pki.ServerCert)
-	must(t, err)
-	key, err := os.ReadFile(pki.ServerKey)
-	must(t, err)
-	pemPath := filepath.Join(dir, "frontend.pem")
-	must(t, os.WriteFile(pemPath, append(cert, key...), 0o600))
-	var servers strings.Builder
-	for i, m := range members {
-		fmt.Fprintf(&servers, "  server m%d %s check\n", i+1, m.Host)
-	}
-	cfg := fmt.Sprintf(`global
-  maxconn 2000
-  stats socket %s mode 600 level admin
-  log stdout format raw local0 info
-
-defaults
-  mode http
-  log global
-  option httplog
-  timeout connect 2s
-  timeout client 300s
-  timeout server 300s
-  retries 2
-  option redispatch
-
-frontend registry
-  bind %s ssl crt %s
-  default_backend members
-
-backend members
-  balance roundrobin
-  option httpchk GET /readyz
-  http-check expect status 200
-  default-server inter 500ms fall 2 rise 2 ssl verify required ca-file %s check-ssl
-%s`, h.sock, h.Host, pemPath, pki.CA, servers.String())
-	must(t, os.WriteFile(h.cfg, []byte(cfg), 0o644))
-	p, err := startProc("haproxy", filepath.Join(dir, "haproxy.log"), os.Environ(), bin, "-db", "-f", h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.p = p
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("haproxy log tail (%s):\n%s", p.log, tailFile(p.log, 30))
-		}
-	})
-	if err := waitTCP(p, h.Host, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return h
+	return runFailEnv(t, c.env(t), args...)
 }
 
 // ---- membership changes ----
@@ -639,7 +332,7 @@ type fakePeer struct {
 	other_ []string       // non-/readyz requests
 }
 
-func startFakePeer(t *testing.T, host string, pki *clusterPKI) *fakePeer {
+func startFakePeer(t *testing.T, host string, pki *testPKI) *fakePeer {
 	t.Helper()
 	good, err := tls.LoadX509KeyPair(pki.ServerCert, pki.ServerKey)
 	must(t, err)
@@ -731,17 +424,4 @@ func (f *fakePeer) stop() {
 	defer cancel()
 	_ = f.srv.Shutdown(ctx)
 	_ = f.srv.Close()
-}
-
-// ociError decodes the code of an OCI error body ("" when it is not one).
-func cmErrorCode(body []byte) string {
-	var e struct {
-		Errors []struct {
-			Code string `json:"code"`
-		} `json:"errors"`
-	}
-	if json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 {
-		return ""
-	}
-	return e.Errors[0].Code
 }

@@ -82,7 +82,7 @@ func (hp *cxHoldProxy) Release() { hp.once.Do(func() { close(hp.release) }) }
 func TestClusterSyncStreams(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	up := syncStartBerth(t, registryBin, "upstream-berth", nil)
+	up := syncStartBerth(t, "upstream-berth", nil)
 	img := cxPushUp(t, up, "stream/app:1", cxRandomImage(t, 6<<20, 1))
 	layer := img.layers[0]
 	const first = 1 << 20
@@ -131,7 +131,14 @@ func TestClusterSyncStreams(t *testing.T) {
 	go func() {
 		pulled <- execCmd(context.Background(), clientEnv(t), "", 2*time.Minute, crane, "pull", "--insecure", "--format", "oci", c.Members[2].Host+"/"+img.repo+":"+img.tag, dir)
 	}()
-	time.Sleep(300 * time.Millisecond) // not needed for correctness: gives crane time to reach the held layer
+	// crane cannot finish while the layer is held: it waits on the copy in
+	// flight like every other reader (a slow machine only makes this wait
+	// pass more easily; finishing early would be the bug).
+	select {
+	case r := <-pulled:
+		t.Fatalf("crane pull finished while upstream still held the layer: %v\n%s", r.Err, r.Combined)
+	case <-time.After(time.Second):
+	}
 	hold.Release()
 
 	rest, err := io.ReadAll(lr.Body)
@@ -147,7 +154,7 @@ func TestClusterSyncStreams(t *testing.T) {
 	if d := layoutDigest(t, dir, ""); d != img.digest {
 		t.Errorf("crane pulled %s, upstream has %s", d, img.digest)
 	}
-	cxWait(t, 30*time.Second, img.repo+" tagged on the cluster", func() bool {
+	waitUntil(t, 30*time.Second, img.repo+" tagged on the cluster", func() bool {
 		return slices.Contains(cxTags(t, c.LBReg, img.repo), img.tag)
 	})
 	if s := c.cxSynced(t, img.repo, "ondemand"); len(s) != 1 || len(s[owner]) != 1 {

@@ -28,7 +28,7 @@ import (
 // startSyncCluster starts the cluster with extensions.sync over registries.
 func cxSyncCluster(t *testing.T, registries ...map[string]any) *cluster {
 	t.Helper()
-	return cxStartCluster(t, cxOpts{LB: true, Extra: map[string]any{"extensions": syncExtensions(registries...)}})
+	return startCluster(t, clusterOpts{LB: true, Extra: map[string]any{"extensions": syncExtensions(registries...)}})
 }
 
 // syncedLines returns, per member, the "image synced" log lines for the
@@ -115,7 +115,7 @@ func cxRandomIndex(t *testing.T) v1.ImageIndex {
 func TestClusterSyncOnDemand(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	berthUp := syncStartBerth(t, registryBin, "upstream-berth", nil)
+	berthUp := syncStartBerth(t, "upstream-berth", nil)
 	craneUp := syncStartCrane(t)
 	var imgs []cxUpImage
 	for i := 0; i < 4; i++ {
@@ -168,7 +168,7 @@ func TestClusterSyncOnDemand(t *testing.T) {
 		}
 		// The first client got the manifest while the owner went on
 		// copying; the copy ends shortly.
-		syncWait(t, 30*time.Second, im.repo+" copied", func() bool { return len(c.cxSynced(t, im.repo, "ondemand")) > 0 })
+		waitUntil(t, 30*time.Second, im.repo+" copied", func() bool { return len(c.cxSynced(t, im.repo, "ondemand")) > 0 })
 		synced := c.cxSynced(t, im.repo, "ondemand")
 		if len(synced) != 1 || len(synced[owner]) != 1 {
 			t.Errorf("%s:%s: \"image synced\" lines per member %v, want one on the owner %s", im.repo, im.tag, cxCounts(synced), owner)
@@ -236,7 +236,7 @@ func TestClusterSyncOnDemand(t *testing.T) {
 	if n := cxUpstreamGets(t, berthUp, busy.repo, busy.tag) - upMark; n != 1 {
 		t.Errorf("20 concurrent pulls of %s:%s: the upstream served %d GETs of the manifest, want 1", busy.repo, busy.tag, n)
 	}
-	syncWait(t, 30*time.Second, busy.repo+" copied", func() bool { return len(c.cxSynced(t, busy.repo, "ondemand")) > 0 })
+	waitUntil(t, 30*time.Second, busy.repo+" copied", func() bool { return len(c.cxSynced(t, busy.repo, "ondemand")) > 0 })
 	if s := c.cxSynced(t, busy.repo, "ondemand"); len(s) != 1 || len(s[owner]) != 1 {
 		t.Errorf("20 concurrent pulls: \"image synced\" lines per member %v, want one on the owner %s", cxCounts(s), owner)
 	}
@@ -278,7 +278,7 @@ func cxCounts(m map[string][]logLine) map[string]int {
 // on the owner; unchanged tags are not copied again.
 func TestClusterSyncPeriodic(t *testing.T) {
 	defer timed(t)()
-	berthUp := syncStartBerth(t, registryBin, "upstream-berth", nil)
+	berthUp := syncStartBerth(t, "upstream-berth", nil)
 	craneUp := syncStartCrane(t)
 	c := cxSyncCluster(t,
 		map[string]any{"urls": []string{berthUp.URL}, "pollInterval": "2s", "maxRetries": 1, "retryDelay": "100ms",
@@ -338,7 +338,7 @@ func TestClusterSyncPeriodic(t *testing.T) {
 		}
 		return true
 	}
-	cxWait(t, 20*time.Second, "every selected repository through every entry", allThere)
+	waitUntil(t, 20*time.Second, "every selected repository through every entry", allThere)
 	t.Logf("all %d tags synced %s after the pushes", len(want), time.Since(pushed).Round(time.Millisecond))
 
 	// Nothing else: catalog and tags through every entry.
@@ -396,7 +396,7 @@ func TestClusterSyncPeriodic(t *testing.T) {
 	// A new matching tag arrives at a following interval, on the owner.
 	n0 := names[0]
 	push(berthUp, "library/"+n0+":2.2", "mirror/"+n0+":2.2")
-	cxWait(t, 15*time.Second, "mirror/"+n0+":2.2", func() bool {
+	waitUntil(t, 15*time.Second, "mirror/"+n0+":2.2", func() bool {
 		d, _, _ := cxHeadDigest(c.LBReg, "mirror/"+n0, "2.2")
 		return d == want["mirror/"+n0+":2.2"]
 	})
@@ -485,7 +485,7 @@ func (fp *cxProxy) setCut(digests ...string) {
 // the upstream is back the next interval catches up.
 func TestClusterSyncUpstreamDown(t *testing.T) {
 	defer timed(t)()
-	up := syncStartBerth(t, registryBin, "upstream-berth", nil)
+	up := syncStartBerth(t, "upstream-berth", nil)
 	proxy := cxFaultProxy(t, up.URL)
 	a := cxPushUp(t, up, "app/a:1", cxRandomImage(t, 1024, 2))
 	big := cxPushUp(t, up, "cut/big:1", cxRandomImage(t, 2<<20, 2))
@@ -497,7 +497,7 @@ func TestClusterSyncUpstreamDown(t *testing.T) {
 			"content": []map[string]any{{"prefix": "cut/**"}}},
 	)
 	entries := c.entries()
-	cxWait(t, 20*time.Second, "app/a:1 by periodic sync", func() bool {
+	waitUntil(t, 20*time.Second, "app/a:1 by periodic sync", func() bool {
 		d, _, _ := cxHeadDigest(c.LBReg, a.repo, a.tag)
 		return d == a.digest
 	})
@@ -530,7 +530,7 @@ func TestClusterSyncUpstreamDown(t *testing.T) {
 			t.Errorf("%s: %s, want %d", what, res, wantStatus)
 			return
 		}
-		code := syncErrorCode(res.Body)
+		code := ociErrorCode(res.Body)
 		if code == "" || wantCode != "" && code != wantCode || !strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
 			t.Errorf("%s: %d %q (%s), want a JSON error %s", what, res.Status, res.Body, res.Header.Get("Content-Type"), wantCode)
 		}
@@ -540,7 +540,7 @@ func TestClusterSyncUpstreamDown(t *testing.T) {
 	listed := func(t *testing.T, im cxUpImage, what string) {
 		t.Helper()
 		start := time.Now()
-		cxWait(t, 15*time.Second, what, func() bool {
+		waitUntil(t, 15*time.Second, what, func() bool {
 			return slices.Contains(cxTags(t, c.LBReg, im.repo), im.tag)
 		})
 		t.Logf("%s after %s", what, time.Since(start).Round(time.Millisecond))
@@ -557,8 +557,9 @@ func TestClusterSyncUpstreamDown(t *testing.T) {
 	t.Run("connection drops mid-layer", func(t *testing.T) {
 		// Periodic passes have been failing on it; on demand too. The
 		// client gets upstream's manifest while the owner copies, and the
-		// cut layer never reaches it whole: a 5xx JSON error, or a body
-		// cut short (a copy in flight failing under a reader).
+		// cut layer never reaches it whole: a body cut short (the copy in
+		// flight failing under its reader), or a JSON error (5xx, or 404
+		// once that copy has failed).
 		layer := big.layers[1]
 		for i, e := range entries {
 			res := e.do(t, "GET", "/v2/"+big.repo+"/manifests/"+big.tag, map[string]string{"Accept": syncAccept}, nil)
@@ -575,6 +576,10 @@ func TestClusterSyncUpstreamDown(t *testing.T) {
 				t.Errorf("GET of the cut layer via %s: the whole layer, which upstream never sent", c.name(e))
 			case res.Status == 200:
 				t.Errorf("GET of the cut layer via %s: 200 with %d bytes read without error", c.name(e), len(res.Body))
+			case res.Status == http.StatusNotFound:
+				// The copy failed before this GET: nothing is fetched for
+				// a client outside a copy.
+				cleanError(t, "GET of the cut layer via "+c.name(e), res, http.StatusNotFound, "BLOB_UNKNOWN")
 			default:
 				cleanError(t, "GET of the cut layer via "+c.name(e), res, 0, "")
 			}

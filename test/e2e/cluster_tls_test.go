@@ -172,7 +172,7 @@ func TestClusterTLS(t *testing.T) {
 				continue
 			}
 			if rq.method != "HEAD" {
-				if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") || cmErrorCode(res.Body) != "UNAVAILABLE" {
+				if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") || ociErrorCode(res.Body) != "UNAVAILABLE" {
 					t.Errorf("%s %s via %s: Content-Type %q body %s, want OCI error UNAVAILABLE", rq.method, rq.path, rq.e.Host, ct, res.Body)
 				}
 			}
@@ -223,7 +223,8 @@ func TestClusterTLS(t *testing.T) {
 		// keep it down; it still reaches them (it trusts the cluster CA).
 		marks = c.marks()
 		c.useCert(m3, c.PKI.OtherCert, c.PKI.OtherKey)
-		c.startMember(m3, c.PKI.BothPool)
+		m3.readyOverTLS(c.PKI.BothPool)
+		m3.Restart()
 		time.Sleep(2500 * time.Millisecond) // a few health checks
 		for _, m := range []*reg{m1, m2} {
 			for _, l := range m.logSince(t, marks[m.Host]) {
@@ -238,7 +239,7 @@ func TestClusterTLS(t *testing.T) {
 		}
 		// Through member 3 itself (for a client trusting its CA), every
 		// repository: its own served locally, the others forwarded.
-		c3 := &secureCluster{cluster: c.cluster, PKI: c.PKI, Client: cmTLSClient(c.PKI.BothPool)}
+		c3 := &secureCluster{cluster: c.cluster, PKI: c.PKI, Client: tlsClient(c.PKI.BothPool)}
 		for r, d := range want {
 			repo, tag, _ := strings.Cut(r, ":")
 			res := c3.do(t, m3, "GET", "/v2/"+repo+"/manifests/"+tag, "", "", map[string]string{"Accept": mtManifest}, nil)

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,6 +76,9 @@ type regOpts struct {
 	// Addr and Port to listen on (default 127.0.0.1 and a free port).
 	Addr string
 	Port int
+	// Storage keys merged into the generated storage section (gc,
+	// gcDelay, gcInterval, retention).
+	Storage map[string]any
 	// Extra top-level config keys merged into the generated config
 	// (e.g. "extensions", "cluster").
 	Extra map[string]any
@@ -92,6 +96,8 @@ type reg struct {
 	URL     string // http://ADDR:PORT
 	Store   *store
 	cfgPath string
+	bin     string       // the binary start runs ("": registryBin)
+	ready   *http.Client // what start polls /readyz with (nil: plain HTTP)
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -129,9 +135,13 @@ func newRegistry(t *testing.T, opts regOpts) *reg {
 	}
 	r.Host = fmt.Sprintf("%s:%d", r.Addr, r.Port)
 	r.URL = "http://" + r.Host
+	storage := opts.Store.config(r.Root)
+	for k, v := range opts.Storage {
+		storage[k] = v
+	}
 	cfg := map[string]any{
 		"http":    map[string]any{"address": r.Addr, "port": fmt.Sprint(r.Port)},
-		"storage": opts.Store.config(r.Root),
+		"storage": storage,
 		"log":     map[string]any{"level": "debug", "output": r.LogPath},
 	}
 	for k, v := range opts.Extra {
@@ -146,7 +156,7 @@ func newRegistry(t *testing.T, opts regOpts) *reg {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		r.stop()
+		r.Kill9()
 		if t.Failed() {
 			t.Logf("registry %s log tail (%s):\n%s", r.Host, r.LogPath, tailFile(r.LogPath, 30))
 		}
@@ -168,50 +178,35 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// start runs the registry and waits until its /readyz answers 200.
 func (r *reg) start() {
 	r.t.Helper()
-	stderr, err := os.OpenFile(filepath.Join(r.Dir, "stderr.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	bin, client := r.bin, r.ready
+	if bin == "" {
+		bin = registryBin
+	}
+	if client == nil {
+		client = &http.Client{Timeout: 2 * time.Second}
+	}
+	stderr := filepath.Join(r.Dir, "stderr.log")
+	p, err := startProc("registry", stderr, append(os.Environ(), r.Store.env()...), bin, "serve", r.cfgPath)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	cmd := exec.Command(registryBin, "serve", r.cfgPath)
-	cmd.Env = append(os.Environ(), r.Store.env()...)
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		stderr.Close()
-		r.t.Fatalf("start registry: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); stderr.Close(); close(done) }()
 	r.mu.Lock()
-	r.cmd, r.done = cmd, done
+	r.cmd, r.done = p.cmd, p.done
 	r.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
-	client := &http.Client{Timeout: 2 * time.Second}
-	for {
-		select {
-		case <-done:
-			r.t.Fatalf("registry exited during startup: %s\nstderr:\n%s\nlog:\n%s", cmd.ProcessState,
-				tailFile(filepath.Join(r.Dir, "stderr.log"), 30), tailFile(r.LogPath, 30))
-		default:
-		}
-		resp, err := client.Get(r.URL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("registry not ready on %s after 30s (last: %v)\nlog:\n%s", r.URL, err, tailFile(r.LogPath, 30))
-		}
-		time.Sleep(50 * time.Millisecond)
+	switch err := pollReady(client, r.URL+"/readyz", p, 30*time.Second); {
+	case err == errExited:
+		r.t.Fatalf("registry %s exited during startup: %s\nstderr:\n%s\nlog:\n%s", r.Host, p.cmd.ProcessState,
+			tailFile(stderr, 30), tailFile(r.LogPath, 30))
+	case err != nil:
+		r.t.Fatalf("registry %v\nlog:\n%s", err, tailFile(r.LogPath, 30))
 	}
 }
 
 // Kill9 sends SIGKILL and waits for the process to be gone. Safe to call
-// from any goroutine.
+// from any goroutine, and again after the process is gone.
 func (r *reg) Kill9() {
 	r.mu.Lock()
 	cmd, done := r.cmd, r.done
@@ -229,18 +224,6 @@ func (r *reg) Restart() {
 	r.t.Helper()
 	r.Kill9()
 	r.start()
-}
-
-func (r *reg) stop() {
-	r.mu.Lock()
-	cmd, done := r.cmd, r.done
-	r.cmd = nil
-	r.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
 }
 
 func tailFile(path string, n int) string {
@@ -364,21 +347,49 @@ func runStdout(t *testing.T, args ...string) string {
 // runIn runs a command in dir.
 func runIn(t *testing.T, dir string, args ...string) cmdResult {
 	t.Helper()
-	res := execCmd(context.Background(), clientEnv(t), dir, cmdTimeout, args...)
-	if res.Err != nil {
-		t.Fatalf("command failed: %s\nerror: %v\noutput:\n%s", strings.Join(args, " "), res.Err, res.Combined)
-	}
-	return res
+	return runEnv(t, clientEnv(t), dir, args...)
 }
 
 // runFail runs a command that must fail, returning its output.
 func runFail(t *testing.T, args ...string) string {
 	t.Helper()
-	res := execCmd(context.Background(), clientEnv(t), "", cmdTimeout, args...)
+	return runFailEnv(t, clientEnv(t), args...)
+}
+
+// runEnv runs a command in dir with env; a non-zero exit fails the test
+// with the command line (passwords hidden) and its output.
+func runEnv(t *testing.T, env []string, dir string, args ...string) cmdResult {
+	t.Helper()
+	res := execCmd(context.Background(), env, dir, cmdTimeout, args...)
+	if res.Err != nil {
+		t.Fatalf("command failed: %s\nerror: %v\noutput:\n%s", strings.Join(redact(args), " "), res.Err, res.Combined)
+	}
+	return res
+}
+
+// runFailEnv runs a command with env that must fail, returning its output.
+func runFailEnv(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	res := execCmd(context.Background(), env, "", cmdTimeout, args...)
 	if res.Err == nil {
-		t.Fatalf("command succeeded but should have failed: %s\noutput:\n%s", strings.Join(args, " "), res.Combined)
+		t.Fatalf("command succeeded but should have failed: %s\noutput:\n%s", strings.Join(redact(args), " "), res.Combined)
 	}
 	return res.Combined
+}
+
+// redact hides passwords in a command line shown in a failure.
+func redact(args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		switch {
+		case i > 0 && (out[i-1] == "-p" || out[i-1] == "--password" || out[i-1] == "--pass"):
+			out[i] = "***"
+		case strings.HasPrefix(a, "--creds=") || strings.HasPrefix(a, "--src-creds=") || strings.HasPrefix(a, "--dest-creds="):
+			k, _, _ := strings.Cut(a, "=")
+			out[i] = k + "=***"
+		}
+	}
+	return out
 }
 
 // lines splits output into its non-empty trimmed lines.
@@ -392,4 +403,17 @@ func lines(s string) []string {
 		}
 	}
 	return out
+}
+
+// waitUntil polls ok every 100ms until it holds, failing the test when
+// timeout passes first.
+func waitUntil(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -58,18 +58,28 @@ func (r *reg) try(method, path string, hdr map[string]string, body []byte) (*res
 	if !strings.HasPrefix(u, "http") {
 		u = r.URL + path
 	}
+	return send(httpClient, method, u, "", "", hdr, body)
+}
+
+// send sends one request with client, with Basic credentials unless user
+// is "", and reads the whole answer. It never fails the test (safe in
+// goroutines).
+func send(client *http.Client, method, url, user, pass string, hdr map[string]string, body []byte) (*resp, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, u, rd)
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		return nil, err
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	hr, err := httpClient.Do(req)
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	hr, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +89,20 @@ func (r *reg) try(method, path string, hdr map[string]string, body []byte) (*res
 		return nil, err
 	}
 	return &resp{Status: hr.StatusCode, Header: hr.Header, Body: b}, nil
+}
+
+// ociErrorCode is the first OCI error code of a JSON error body ("" when
+// it is not one).
+func ociErrorCode(body []byte) string {
+	var e struct {
+		Errors []struct {
+			Code string `json:"code"`
+		} `json:"errors"`
+	}
+	if json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 {
+		return ""
+	}
+	return e.Errors[0].Code
 }
 
 // location resolves a Location header against the registry URL.

@@ -17,14 +17,13 @@ import (
 // is a single-node Berth or `crane registry serve` (a third-party
 // registry), the downstream a single-node Berth with extensions.sync.
 func TestSync(t *testing.T) {
-	bin := syncBuild(t)
 	t.Run("OnDemand", func(t *testing.T) {
 		for _, kind := range []string{"berth", "crane"} {
-			t.Run(kind, func(t *testing.T) { testSyncOnDemand(t, bin, kind) })
+			t.Run(kind, func(t *testing.T) { testSyncOnDemand(t, kind) })
 		}
 	})
-	t.Run("Periodic", func(t *testing.T) { testSyncPeriodic(t, bin) })
-	t.Run("UpstreamDown", func(t *testing.T) { testSyncUpstreamDown(t, bin) })
+	t.Run("Periodic", testSyncPeriodic)
+	t.Run("UpstreamDown", testSyncUpstreamDown)
 }
 
 // syncExtensions is an extensions section with sync over registries.
@@ -35,12 +34,12 @@ func syncExtensions(registries ...map[string]any) map[string]any {
 // testSyncOnDemand pulls through the downstream images only the upstream
 // has: digests are upstream's, an index comes with every platform, and 20
 // concurrent pulls of one missing image cost one upstream fetch.
-func testSyncOnDemand(t *testing.T, bin, kind string) {
+func testSyncOnDemand(t *testing.T, kind string) {
 	var up *syncProc
 	if kind == "crane" {
 		up = syncStartCrane(t)
 	} else {
-		up = syncStartBerth(t, bin, "upstream", nil)
+		up = syncStartBerth(t, "upstream", nil)
 	}
 	img, err := random.Image(4096, 3)
 	if err != nil {
@@ -58,20 +57,20 @@ func testSyncOnDemand(t *testing.T, bin, kind string) {
 	idxDigest := syncPush(t, up.Host, "multi/arch:v1", idx)
 	busyDigest := syncPush(t, up.Host, "busy/box:1", busy)
 
-	down := syncStartBerth(t, bin, "downstream", syncExtensions(map[string]any{
+	down := syncStartBerth(t, "downstream", syncExtensions(map[string]any{
 		"urls": []string{up.URL}, "onDemand": true, "maxRetries": 2, "retryDelay": "200ms",
 	}))
-	crane := syncTool(t, "crane")
+	crane := tool(t, "crane")
 
 	// A real client pulls through the downstream.
-	if got := strings.TrimSpace(syncRunTool(t, crane, "digest", "--insecure", down.Host+"/library/alpine:3.20")); got != imgDigest {
+	if got := strings.TrimSpace(runStdout(t, crane, "digest", "--insecure", down.Host+"/library/alpine:3.20")); got != imgDigest {
 		t.Errorf("crane digest through downstream = %s, upstream pushed %s", got, imgDigest)
 	}
-	if got := strings.TrimSpace(syncRunTool(t, crane, "digest", "--insecure", up.Host+"/library/alpine:3.20")); got != imgDigest {
+	if got := strings.TrimSpace(runStdout(t, crane, "digest", "--insecure", up.Host+"/library/alpine:3.20")); got != imgDigest {
 		t.Errorf("crane digest on upstream = %s, want %s", got, imgDigest)
 	}
 	dir := filepath.Join(t.TempDir(), "pulled")
-	syncRunTool(t, crane, "pull", "--insecure", "--format", "oci", down.Host+"/library/alpine:3.20", dir)
+	run(t, crane, "pull", "--insecure", "--format", "oci", down.Host+"/library/alpine:3.20", dir)
 	layers, _ := img.Layers()
 	for _, l := range layers {
 		d, _ := l.Digest()
@@ -79,7 +78,7 @@ func testSyncOnDemand(t *testing.T, bin, kind string) {
 			t.Errorf("pulled image lacks layer %s: %v", d, err)
 		}
 	}
-	if got := strings.TrimSpace(syncRunTool(t, crane, "digest", "--insecure", down.Host+"/multi/arch:v1")); got != idxDigest {
+	if got := strings.TrimSpace(runStdout(t, crane, "digest", "--insecure", down.Host+"/multi/arch:v1")); got != idxDigest {
 		t.Errorf("index digest through downstream = %s, want %s", got, idxDigest)
 	}
 
@@ -105,7 +104,7 @@ func testSyncOnDemand(t *testing.T, bin, kind string) {
 		t.Errorf("berth_sync_upstream_fetches_total went %v -> %v, want +1 for 20 concurrent pulls", before, after)
 	}
 	// Clients get the manifest while the copy goes on; it ends shortly.
-	syncWait(t, 30*time.Second, "three on-demand copies to end", func() bool {
+	waitUntil(t, 30*time.Second, "three on-demand copies to end", func() bool {
 		return syncMetric(t, down, "berth_sync_images_total", `mode="ondemand"`) >= 3
 	})
 	if n := syncMetric(t, down, "berth_sync_images_total", `mode="ondemand"`); n != 3 {
@@ -129,8 +128,8 @@ func testSyncOnDemand(t *testing.T, bin, kind string) {
 // testSyncPeriodic: after one interval, the repositories the content rules
 // select exist under their local names with upstream's digests, and
 // nothing else; a tag pushed later arrives at a following interval.
-func testSyncPeriodic(t *testing.T, bin string) {
-	up := syncStartBerth(t, bin, "upstream", nil)
+func testSyncPeriodic(t *testing.T) {
+	up := syncStartBerth(t, "upstream", nil)
 	want := map[string]string{} // local repo:tag -> digest
 	push := func(ref, local string) {
 		img, err := random.Image(512, 1)
@@ -151,7 +150,7 @@ func testSyncPeriodic(t *testing.T, bin string) {
 	push("tools/deep/x:v1.0.0", "") // "*" is one segment
 	push("other/app:1.0", "")       // no rule
 
-	down := syncStartBerth(t, bin, "downstream", syncExtensions(map[string]any{
+	down := syncStartBerth(t, "downstream", syncExtensions(map[string]any{
 		"urls": []string{up.URL}, "pollInterval": "2s", "maxRetries": 1, "retryDelay": "100ms",
 		"content": []map[string]any{
 			{"prefix": "library/**", "destination": "/mirror", "stripPrefix": true, "tags": map[string]any{"regex": "^[0-9]"}},
@@ -166,7 +165,7 @@ func testSyncPeriodic(t *testing.T, bin string) {
 		}
 		return r.Header.Get("Docker-Content-Digest")
 	}
-	syncWait(t, 20*time.Second, "the first periodic sync", func() bool {
+	waitUntil(t, 20*time.Second, "the first periodic sync", func() bool {
 		for k, d := range want {
 			if digestOf(k) != d {
 				return false
@@ -193,7 +192,7 @@ func testSyncPeriodic(t *testing.T, bin string) {
 
 	// A new matching tag arrives at a following interval.
 	push("library/alpine:1.2", "mirror/alpine:1.2")
-	syncWait(t, 15*time.Second, "mirror/alpine:1.2", func() bool { return digestOf("mirror/alpine:1.2") == want["mirror/alpine:1.2"] })
+	waitUntil(t, 15*time.Second, "mirror/alpine:1.2", func() bool { return digestOf("mirror/alpine:1.2") == want["mirror/alpine:1.2"] })
 	if n := syncMetric(t, down, "berth_sync_images_total", `mode="periodic"`); n != float64(len(want)) {
 		t.Errorf("berth_sync_images_total{mode=periodic} = %v, want %d (unchanged tags are not copied again)", n, len(want))
 	}
@@ -202,18 +201,18 @@ func testSyncPeriodic(t *testing.T, bin string) {
 // testSyncUpstreamDown: with upstream down an on-demand pull gets a clean
 // 503 UNAVAILABLE and nothing partial appears; once upstream is back the
 // next interval catches up.
-func testSyncUpstreamDown(t *testing.T, bin string) {
-	up := syncStartBerth(t, bin, "upstream", nil)
+func testSyncUpstreamDown(t *testing.T) {
+	up := syncStartBerth(t, "upstream", nil)
 	img, err := random.Image(1024, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	aDigest := syncPush(t, up.Host, "app/a:1", img)
-	down := syncStartBerth(t, bin, "downstream", syncExtensions(map[string]any{
+	down := syncStartBerth(t, "downstream", syncExtensions(map[string]any{
 		"urls": []string{up.URL}, "onDemand": true, "pollInterval": "2s", "maxRetries": 1, "retryDelay": "100ms",
 		"content": []map[string]any{{"prefix": "app/**"}},
 	}))
-	syncWait(t, 20*time.Second, "app/a:1 by periodic sync", func() bool {
+	waitUntil(t, 20*time.Second, "app/a:1 by periodic sync", func() bool {
 		return slices.Contains(syncList(t, down.URL+"/v2/app/a/tags/list", "tags"), "1")
 	})
 
@@ -223,7 +222,7 @@ func testSyncUpstreamDown(t *testing.T, bin string) {
 		if r.Err != nil || r.Status != http.StatusServiceUnavailable {
 			t.Errorf("%s of a missing image with upstream down: %d %v %s", method, r.Status, r.Err, r.Body)
 		}
-		if method == http.MethodGet && (syncErrorCode(r.Body) != "UNAVAILABLE" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json")) {
+		if method == http.MethodGet && (ociErrorCode(r.Body) != "UNAVAILABLE" || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json")) {
 			t.Errorf("error body %q (%s), want JSON with code UNAVAILABLE", r.Body, r.Header.Get("Content-Type"))
 		}
 	}
@@ -246,7 +245,7 @@ func testSyncUpstreamDown(t *testing.T, bin string) {
 		t.Fatal(err)
 	}
 	bDigest := syncPush(t, up.Host, "app/b:1", img2)
-	syncWait(t, 15*time.Second, "the next interval to catch up", func() bool {
+	waitUntil(t, 15*time.Second, "the next interval to catch up", func() bool {
 		return slices.Contains(syncList(t, down.URL+"/v2/app/b/tags/list", "tags"), "1")
 	})
 	if r := syncGet(http.MethodGet, down.URL+"/v2/app/b/manifests/1"); r.Status != http.StatusOK || r.Header.Get("Docker-Content-Digest") != bDigest {
