@@ -104,7 +104,9 @@ func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref stri
 	reg := s.deps.Registry
 	if _, err := reg.Resolve(ctx, src.local, top.digest.String()); err == nil {
 		// Known content under a new tag: only the tag moves.
-		s.live.publish(img, top)
+		if img.streams() {
+			s.live.publish(img, top)
+		}
 		if err := s.put(ctx, src, top, tags); err != nil {
 			return "", err
 		}
@@ -206,9 +208,9 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 		p.addBlob(b)
 	}
 	s.live.addBlobs(img, blobs)
-	if depth == 0 {
+	if depth == 0 && img.streams() {
 		s.live.publish(img, f)
-	} else {
+	} else if depth > 0 {
 		s.live.addManifest(img, f)
 	}
 	for _, child := range doc.Manifests {

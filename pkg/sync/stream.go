@@ -59,9 +59,14 @@ func (l *liveSet) publish(img *liveImage, top *fetched) {
 	close(img.ready)
 }
 
+// streams reports whether clients are served from img while it copies:
+// on-demand copies only (a periodic copy neither spools nor starts blobs
+// for clients, so clients joining one wait until it is stored).
+func (img *liveImage) streams() bool { return img != nil && img.mode == modeOnDemand }
+
 // addManifest makes a child manifest of img servable by digest.
 func (l *liveSet) addManifest(img *liveImage, f *fetched) {
-	if img == nil {
+	if !img.streams() {
 		return
 	}
 	l.mu.Lock()
@@ -72,7 +77,7 @@ func (l *liveSet) addManifest(img *liveImage, f *fetched) {
 // addBlobs records blobs img's manifests reference, before those
 // manifests are given to clients: only these may be fetched for a client.
 func (l *liveSet) addBlobs(img *liveImage, descs []v1.Descriptor) {
-	if img == nil {
+	if !img.streams() {
 		return
 	}
 	l.mu.Lock()
@@ -102,7 +107,7 @@ func (l *liveSet) plannedBlob(repo string, dgst digest.Digest) (source, v1.Descr
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, img := range l.images {
-		if img.src.local == repo && img.mode == modeOnDemand {
+		if img.src.local == repo {
 			if d, ok := img.blobs[dgst]; ok {
 				return img.src, d, true
 			}

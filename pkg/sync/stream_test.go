@@ -526,3 +526,50 @@ func TestCloseStopsCopies(t *testing.T) {
 		t.Error("an image was stored after Close")
 	}
 }
+
+// TestOnDemandJoiningPeriodicCopyWaits: a pull of a tag a periodic copy is
+// fetching joins that copy, and is answered once the image is stored (a
+// periodic copy is not streamed: its blobs are neither spooled nor started
+// for clients).
+func TestOnDemandJoiningPeriodicCopyWaits(t *testing.T) {
+	up := newUpstream(t, true)
+	img := randomImage(t, 64<<10, 1)
+	want := up.push(t, "lib/app:1", img)
+	layer, _ := layerOf(t, img)
+	release := up.holdBlob(layer.String(), 1024)
+	defer release()
+	rc := regConfig(up.URL)
+	rc.PollInterval = config.Duration(time.Hour)
+	rc.Content = []config.SyncContent{{Prefix: "lib/app"}}
+	e := newSyncEnv(t, []config.SyncRegistry{rc}, nil)
+	periodic := make(chan struct{})
+	go func() { e.s.SyncOnce(context.Background()); close(periodic) }()
+	deadline := time.Now().Add(time.Minute)
+	for up.count("GET", "/v2/lib/app/blobs/"+layer.String()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the periodic copy never asked for the layer")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Held upstream: an on-demand pull waits (it is not answered early).
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	m, err := e.s.Manifest(ctx, "lib/app", "1", true)
+	cancel()
+	if m != nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Manifest while a periodic copy holds the tag = %+v, %v; want it to wait", m, err)
+	}
+	// Its layer is not streamed either: the client waits for it to be stored.
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	sb, err := e.s.Blob(ctx, "lib/app", digest.Digest(layer.String()))
+	cancel()
+	if sb != nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Blob of a periodic copy in flight = %v, %v; want it to wait", sb, err)
+	}
+	release()
+	<-periodic
+	settle(t, e.s)
+	m, err = e.s.Manifest(t.Context(), "lib/app", "1", false)
+	if m != nil || err != nil || e.digest(t, "lib/app", "1") != want.String() {
+		t.Errorf("after the periodic copy: %+v, %v, local %q", m, err, e.digest(t, "lib/app", "1"))
+	}
+}
