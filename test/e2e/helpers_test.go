@@ -395,3 +395,25 @@ func diffSnapshots(a, b map[string]string) string {
 	sort.Strings(d)
 	return strings.Join(d, "\n")
 }
+
+// listTagsOrNone lists repo's tags through e; a repository without tags
+// may answer 404 NAME_UNKNOWN or an empty list.
+func cxTags(t *testing.T, e *reg, repo string) []string {
+	t.Helper()
+	res := e.do(t, "GET", "/v2/"+repo+"/tags/list", nil, nil)
+	if res.Status == http.StatusNotFound {
+		return nil
+	}
+	if res.Status != 200 {
+		t.Fatalf("tags/list of %s via %s: %s", repo, e.Host, res)
+	}
+	var body struct {
+		Tags []string `json:"tags"`
+	}
+	must(t, json.Unmarshal(res.Body, &body))
+	sort.Strings(body.Tags)
+	if len(body.Tags) == 0 {
+		return nil
+	}
+	return body.Tags
+}
