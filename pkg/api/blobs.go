@@ -89,9 +89,15 @@ func (s *Server) syncedBlob(w http.ResponseWriter, r *http.Request, repo string,
 		return false, err
 	}
 	defer sb.Close()
-	rc := http.NewResponseController(w)
-	rd := &readErr{ReadSeeker: sb, flush: func() { _ = rc.Flush() }}
-	if err := serveBlob(w, r, dgst, sb.Size(), time.Time{}, rd); err != nil {
+	if strings.Contains(r.Header.Get("Range"), ",") {
+		// Multiple ranges would be read by ServeContent from a goroutine
+		// of its own; a blob in flight is served whole instead (a server
+		// may ignore Range).
+		r.Header.Del("Range")
+	}
+	rd := &readErr{ReadSeeker: sb}
+	fw := &flushWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
+	if err := serveBlob(fw, r, dgst, sb.Size(), time.Time{}, rd); err != nil {
 		return true, err
 	}
 	if rd.err != nil && r.Context().Err() == nil {
@@ -103,18 +109,35 @@ func (s *Server) syncedBlob(w http.ResponseWriter, r *http.Request, repo string,
 	return true, nil
 }
 
+// flushWriter flushes after every write: a blob in flight is read as it
+// arrives, and the client should have every byte read so far while the
+// next ones are awaited. It hides ReadFrom, so copies go through Write.
+type flushWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (w *flushWriter) WriteHeader(code int) {
+	w.ResponseWriter.WriteHeader(code)
+	_ = w.rc.Flush() // the client learns the size before the bytes arrive
+}
+
+func (w *flushWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	if err == nil {
+		err = w.rc.Flush()
+	}
+	return n, err
+}
+
 // readErr remembers the first read error of the content it wraps
-// (http.ServeContent drops it), and flushes what was written before each
-// read: a read of a blob in flight may wait for upstream, and the client
-// should have every byte that arrived meanwhile.
+// (http.ServeContent drops it).
 type readErr struct {
 	io.ReadSeeker
-	flush func()
-	err   error
+	err error
 }
 
 func (r *readErr) Read(p []byte) (int, error) {
-	r.flush()
 	n, err := r.ReadSeeker.Read(p)
 	if err != nil && err != io.EOF && r.err == nil {
 		r.err = err

@@ -74,6 +74,7 @@ func (s *Syncer) copyImage(ctx context.Context, src source, ref, mode string, im
 	if _, tag, _ := registry.ParseReference(ref); tag != "" {
 		tags = []string{tag}
 	}
+	s.m.fetches.WithLabelValues(src.reg.label).Inc()
 	var err error
 	for i, u := range src.reg.mirrors {
 		var d digest.Digest
@@ -96,7 +97,6 @@ func (s *Syncer) copyImage(ctx context.Context, src source, ref, mode string, im
 // missing content.
 func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref string, tags []string, mode string, img *liveImage) (digest.Digest, error) {
 	log := s.logger(ctx, src).With().Str("ref", ref).Str("mirror", u.String()).Logger()
-	s.m.fetches.WithLabelValues(src.reg.label).Inc()
 	top, err := s.fetchManifest(ctx, u, src, ref, "")
 	if err != nil {
 		return "", err
@@ -186,7 +186,7 @@ func (s *Syncer) put(ctx context.Context, src source, f *fetched, tags []string)
 // walk adds what f references to p: blobs of an image; for an index, every
 // child manifest not present locally (fetched, walked, and added before
 // the index that names it). Through img, f is given to clients once its
-// blobs are known, and so is each child.
+// blobs and children are known, and so is each child.
 func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, p *plan, depth int, img *liveImage) error {
 	if depth > maxDepth {
 		return &upstreamError{Kind: kindProtocol, URL: src.upstream + "@" + f.digest.String(), Err: errors.New("indexes nested too deep")}
@@ -208,9 +208,7 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 		p.addBlob(b)
 	}
 	s.live.addBlobs(img, blobs)
-	if depth == 0 && img.streams() {
-		s.live.publish(img, f)
-	} else if depth > 0 {
+	if depth > 0 {
 		s.live.addManifest(img, f)
 	}
 	for _, child := range doc.Manifests {
@@ -229,6 +227,11 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 			return err
 		}
 		p.manifests = append(p.manifests, planned{f: cf})
+	}
+	if depth == 0 && img.streams() {
+		// An index goes out once its children are known: a client asks
+		// for one right after, and must not start a copy of its own.
+		s.live.publish(img, f)
 	}
 	return nil
 }
@@ -344,13 +347,26 @@ func (s *Syncer) copyBlobs(ctx context.Context, u *upstream, src source, blobs [
 // copyBlob makes one blob of an image present locally, joining the copy
 // in flight when a client's request started it already.
 func (s *Syncer) copyBlob(ctx context.Context, u *upstream, src source, d v1.Descriptor, spool bool) error {
-	b := s.blob(ctx, src, d, []*upstream{u}, spool)
+	b := s.blob(ctx, src, d, fromMirror(src.reg.mirrors, u), spool)
+	defer s.leave(b)
 	select {
 	case <-b.done:
 		return b.result()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// fromMirror orders mirrors to start at u (the one the image comes from),
+// then the others in their configured order.
+func fromMirror(mirrors []*upstream, u *upstream) []*upstream {
+	out := []*upstream{u}
+	for _, m := range mirrors {
+		if m != u {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // readTracker remembers the error of the reader it wraps, to tell upstream

@@ -1,12 +1,14 @@
 package sync
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	gosync "sync"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -25,6 +27,12 @@ type liveBlob struct {
 	started chan struct{} // closed once the spool exists and the size is known, or the copy ended
 	done    chan struct{} // closed when the copy ended; err is then set
 
+	// abandon cancels the copy once nobody waits for it any more (the
+	// image copy that wanted it failed, its readers left).
+	abandoned context.Context
+	abandon   context.CancelFunc
+	waiters   int // guarded by liveSet.mu
+
 	mu       gosync.Mutex
 	size     int64 // -1 until known
 	written  int64 // high-water mark of the spool
@@ -38,11 +46,13 @@ type liveBlob struct {
 }
 
 func newLiveBlob(key string, src source, dgst digest.Digest) *liveBlob {
-	return &liveBlob{
+	b := &liveBlob{
 		key: key, src: src, dgst: dgst,
 		started: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}),
 		size: -1, refs: 1,
 	}
+	b.abandoned, b.abandon = context.WithCancel(context.Background())
+	return b
 }
 
 // begin prepares the spool for an attempt of size bytes (known before the
@@ -78,25 +88,37 @@ func (b *liveBlob) writer() io.Writer { return &spoolWriter{b: b} }
 type spoolWriter struct {
 	b   *liveBlob
 	off int64
+	buf []byte // for comparing a retry's bytes with what readers have
 }
 
 // Write stages p for readers. It never fails the copy: a spool that
-// cannot be written (a full downloadDir) fails its readers only.
+// cannot be written (a full downloadDir) fails its readers only. A retry
+// rewrites bytes readers may have read already: they must be the same, or
+// the readers fail (the digest check covers only the attempt that
+// succeeds).
 func (w *spoolWriter) Write(p []byte) (int, error) {
 	b := w.b
 	b.mu.Lock()
-	failed := b.spoolErr != nil
+	failed, written := b.spoolErr != nil, b.written
 	b.mu.Unlock()
 	if failed {
 		return len(p), nil
 	}
-	n, err := b.spool.WriteAt(p, w.off)
-	w.off += int64(n)
+	var err error
+	if seen := min(int64(len(p)), written-w.off); seen > 0 {
+		w.buf = append(w.buf[:0], make([]byte, seen)...)
+		if _, err = b.spool.ReadAt(w.buf, w.off); err == nil && !bytes.Equal(w.buf, p[:seen]) {
+			err = errors.New("a retry sent other bytes than the first attempt")
+		}
+	}
+	if err == nil {
+		_, err = b.spool.WriteAt(p, w.off)
+	}
+	w.off += int64(len(p))
 	b.mu.Lock()
 	if err != nil {
 		b.spoolErr = fmt.Errorf("spool of blob %s: %w", b.dgst, err)
-	}
-	if w.off > b.written {
+	} else if w.off > b.written {
 		b.written = w.off
 	}
 	b.notifyLocked()
@@ -134,15 +156,16 @@ func (b *liveBlob) release() {
 }
 
 // reader returns a reader of the spool, or nil when there is none to read
-// (the copy ended without one, or failed: see result).
-func (b *liveBlob) reader(ctx context.Context) *blobReader {
+// (the copy ended without one, or failed: see result). onClose runs when
+// the reader is closed.
+func (b *liveBlob) reader(ctx context.Context, onClose func()) *blobReader {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.spool == nil || b.err != nil || b.spoolErr != nil || b.size < 0 {
 		return nil
 	}
 	b.refs++
-	return &blobReader{b: b, ctx: ctx, size: b.size}
+	return &blobReader{b: b, f: b.spool, ctx: ctx, size: b.size, onClose: onClose}
 }
 
 // result is the copy's outcome once done is closed.
@@ -161,11 +184,14 @@ var errCopyFailed = errors.New("copy from upstream failed")
 // of wrong bytes. It is an io.ReadSeekCloser of the blob's final size, for
 // http.ServeContent.
 type blobReader struct {
-	b    *liveBlob
-	ctx  context.Context
-	size int64
-	pos  int64
-	once gosync.Once
+	b       *liveBlob
+	f       *os.File // the spool, held open until Close
+	ctx     context.Context
+	size    int64
+	pos     int64
+	closed  atomic.Bool
+	once    gosync.Once
+	onClose func()
 }
 
 // Size is the blob's size.
@@ -173,6 +199,9 @@ func (r *blobReader) Size() int64 { return r.size }
 
 func (r *blobReader) Read(p []byte) (int, error) {
 	for {
+		if r.closed.Load() {
+			return 0, os.ErrClosed
+		}
 		b := r.b
 		b.mu.Lock()
 		written, wake, finished, err := b.written, b.wake, b.finished, b.err
@@ -191,7 +220,7 @@ func (r *blobReader) Read(p []byte) (int, error) {
 			limit = min(limit, r.size-1) // the last byte waits for the digest check
 		}
 		if limit > r.pos {
-			n, err := b.spool.ReadAt(p[:min(int64(len(p)), limit-r.pos)], r.pos)
+			n, err := r.f.ReadAt(p[:min(int64(len(p)), limit-r.pos)], r.pos)
 			r.pos += int64(n)
 			if err == io.EOF && n > 0 {
 				err = nil
@@ -228,6 +257,12 @@ func (r *blobReader) Seek(offset int64, whence int) (int64, error) {
 
 // Close releases the reader's hold on the spool.
 func (r *blobReader) Close() error {
-	r.once.Do(r.b.release)
+	r.once.Do(func() {
+		r.closed.Store(true)
+		r.b.release()
+		if r.onClose != nil {
+			r.onClose()
+		}
+	})
 	return nil
 }

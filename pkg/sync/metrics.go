@@ -44,7 +44,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}, []string{"registry", "kind"}),
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_sync_upstream_fetches_total",
-			Help: "Image fetches from upstream: one per GET of an image's top-level manifest (children and referrers are not counted).",
+			Help: "Image copies started from upstream: one per image, whatever mirrors are tried (children and referrers are not counted).",
 		}, []string{"registry"}),
 		mounts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_sync_blobs_mounted_total",

@@ -200,9 +200,7 @@ func (s *Syncer) spawn(ctx context.Context, fn func(context.Context)) {
 // has not come). Other blobs are never fetched for a client: a digest
 // alone would bypass the content rules, the tag filters and onlySigned.
 func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest) (api.SyncedBlob, error) {
-	s.live.mu.Lock()
-	b := s.live.blobs[repo+"@"+dgst.String()]
-	s.live.mu.Unlock()
+	b := s.joinBlob(repo + "@" + dgst.String())
 	if b == nil {
 		src, d, ok := s.live.plannedBlob(repo, dgst)
 		if !ok {
@@ -213,11 +211,13 @@ func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest) (api
 	select {
 	case <-b.started:
 	case <-ctx.Done():
+		s.leave(b)
 		return nil, ctx.Err()
 	}
-	if rd := b.reader(ctx); rd != nil {
-		return rd, nil
+	if rd := b.reader(ctx, func() { s.leave(b) }); rd != nil {
+		return rd, nil // its Close leaves b
 	}
+	defer s.leave(b)
 	select {
 	case <-b.done:
 	case <-ctx.Done():
@@ -226,25 +226,68 @@ func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest) (api
 	return nil, s.answer(ctx, b.src, dgst.String(), b.result())
 }
 
-// blob starts the copy of d into src.local from mirrors unless one is in
-// flight, and returns it. spool stages its bytes for clients reading it
-// meanwhile (on-demand copies; a periodic one is served once stored).
+// joinBlob returns the copy in flight for key, counting the caller among
+// its waiters (the caller then calls leave), or nil.
+func (s *Syncer) joinBlob(key string) *liveBlob {
+	s.live.mu.Lock()
+	defer s.live.mu.Unlock()
+	b := s.live.blobs[key]
+	if b != nil {
+		b.waiters++
+	}
+	return b
+}
+
+// leave drops a waiter of b; the copy is abandoned (cancelled, and
+// forgotten so that a later request starts afresh) when none is left
+// before it ended: its image copy failed and no client reads it.
+func (s *Syncer) leave(b *liveBlob) {
+	s.live.mu.Lock()
+	defer s.live.mu.Unlock()
+	b.waiters--
+	if b.waiters > 0 {
+		return
+	}
+	select {
+	case <-b.done:
+		return
+	default:
+	}
+	if s.live.blobs[b.key] == b {
+		delete(s.live.blobs, b.key)
+	}
+	b.abandon()
+}
+
+// blob starts the copy of d into src.local from mirrors (in order) unless
+// one is in flight, and returns it with the caller counted among its
+// waiters (the caller then calls leave). spool stages its bytes for
+// clients reading it meanwhile (on-demand copies; a periodic one is served
+// once stored).
 func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors []*upstream, spool bool) *liveBlob {
 	key := src.local + "@" + d.Digest.String()
 	s.live.mu.Lock()
 	defer s.live.mu.Unlock()
 	if b := s.live.blobs[key]; b != nil {
+		b.waiters++
 		return b
 	}
 	b := newLiveBlob(key, src, d.Digest)
+	b.waiters = 1
 	s.live.blobs[key] = b
 	s.spawn(ctx, func(fctx context.Context) {
+		fctx, cancel := context.WithCancel(fctx)
+		defer cancel()
+		stop := context.AfterFunc(b.abandoned, cancel)
+		defer stop()
 		err := fctx.Err() // closed
 		if err == nil {
 			err = s.fetchBlob(fctx, b, d, mirrors, spool)
 		}
 		s.live.mu.Lock()
-		delete(s.live.blobs, key)
+		if s.live.blobs[key] == b {
+			delete(s.live.blobs, key)
+		}
 		s.live.mu.Unlock()
 		b.finish(err)
 	})

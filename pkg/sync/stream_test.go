@@ -341,7 +341,7 @@ func TestBlobReaderSeek(t *testing.T) {
 	if _, err := b.writer().Write([]byte("0123456789")); err != nil {
 		t.Fatal(err)
 	}
-	r := b.reader(t.Context())
+	r := b.reader(t.Context(), nil)
 	defer r.Close()
 	for _, c := range []struct {
 		off    int64
@@ -365,10 +365,10 @@ func TestBlobReaderSeek(t *testing.T) {
 	if err := failed.begin(t.TempDir(), 10); err != nil {
 		t.Fatal(err)
 	}
-	r3 := failed.reader(t.Context())
+	r3 := failed.reader(t.Context(), nil)
 	defer r3.Close()
 	failed.finish(errors.New("boom"))
-	if failed.reader(t.Context()) != nil {
+	if failed.reader(t.Context(), nil) != nil {
 		t.Error("a reader of a failed copy")
 	}
 	if _, err := r3.Read(make([]byte, 4)); !errors.Is(err, errCopyFailed) {
@@ -384,7 +384,7 @@ func (f fixedSyncer) Manifest(context.Context, string, string, bool) (*api.Synce
 }
 func (f fixedSyncer) Referrers(context.Context, string, digest.Digest) error { return nil }
 func (f fixedSyncer) Blob(ctx context.Context, _ string, _ digest.Digest) (api.SyncedBlob, error) {
-	if rd := f.b.reader(ctx); rd != nil {
+	if rd := f.b.reader(ctx, nil); rd != nil {
 		return rd, nil
 	}
 	return nil, nil
@@ -426,7 +426,7 @@ func TestStreamHoldsLastByteUntilVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _ = b2.writer().Write([]byte("abc"))
-	r := b2.reader(t.Context())
+	r := b2.reader(t.Context(), nil)
 	defer r.Close()
 	buf := make([]byte, 8)
 	if n, _ := r.Read(buf); n != 2 {

@@ -43,6 +43,10 @@ const onDemandTimeout = time.Hour
 // the client waits for it.
 const recheckTimeout = 10 * time.Second
 
+// updateWait bounds how long a client pulling a present tag waits for its
+// update from upstream before it is served the local copy.
+const updateWait = 30 * time.Second
+
 // Deps is what a Syncer works with.
 type Deps struct {
 	// Registry stores what is synced.
@@ -233,12 +237,21 @@ func (s *Syncer) Manifest(ctx context.Context, repo, ref string, missing bool) (
 	img := s.image(ctx, src, ref, key, modeOnDemand, func(fctx context.Context, img *liveImage) error {
 		return s.onDemand(fctx, src, ref, key, img)
 	})
-	wait := img.ready
 	if !missing {
-		wait = img.done
+		// The update of a present tag is awaited for a while; past that,
+		// the local copy is served and the update goes on.
+		t := time.NewTimer(updateWait)
+		defer t.Stop()
+		select {
+		case <-img.done:
+		case <-t.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	select {
-	case <-wait:
+	case <-img.ready:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -387,6 +400,8 @@ func (s *Syncer) answer(ctx context.Context, src source, ref string, err error) 
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
+	case errors.Is(err, context.Canceled) && s.bg.Err() != nil:
+		return fmt.Errorf("sync %s:%s: the registry is stopping: %w", src.upstream, ref, storage.ErrUnavailable)
 	}
 	return err
 }

@@ -1,0 +1,258 @@
+package sync
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	gosync "sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/api"
+	"github.com/berthreg/berth/pkg/config"
+)
+
+// TestMultiRangeLiveBlob: a multi-range GET of a blob in flight is
+// answered whole (ServeContent would read the content from a goroutine of
+// its own, racing the handler and outliving the reader).
+func TestMultiRangeLiveBlob(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	dgst := digest.FromBytes(data)
+	b := newLiveBlob("r@"+dgst.String(), source{}, dgst)
+	if err := b.begin(t.TempDir(), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	w := b.writer()
+	_, _ = w.Write(data[:256<<10])
+	srv := httptest.NewServer(api.New(newLocal(t), api.Options{Log: zerolog.Nop(), Sync: fixedSyncer{b}}))
+	defer srv.Close()
+	go func() {
+		for off := 256 << 10; off < len(data); off += 32 << 10 {
+			time.Sleep(2 * time.Millisecond)
+			_, _ = w.Write(data[off : off+32<<10])
+		}
+		b.finish(nil)
+	}()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/r/blobs/"+dgst.String(), nil)
+	req.Header.Set("Range", "bytes=0-200000,300000-900000")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+		t.Fatalf("multi-range of a blob in flight: %d, %d bytes, %v; want 200 with the whole blob", resp.StatusCode, len(body), err)
+	}
+}
+
+// corruptFirstBlobGET answers the first GET of one blob with wrong bytes
+// (all but the last) and then a broken connection; the next GET of it
+// waits for gate, then goes through.
+type corruptFirstBlobGET struct {
+	rt   http.RoundTripper
+	path string
+	gate chan struct{}
+	mu   gosync.Mutex
+	n    int
+}
+
+type brokenBody struct {
+	r io.Reader
+}
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		return n, errors.New("connection reset by peer")
+	}
+	return n, err
+}
+func (b *brokenBody) Close() error { return nil }
+
+func (c *corruptFirstBlobGET) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, c.path) {
+		return c.rt.RoundTrip(r)
+	}
+	c.mu.Lock()
+	c.n++
+	n := c.n
+	c.mu.Unlock()
+	resp, err := c.rt.RoundTrip(r)
+	if err != nil || n > 1 {
+		if n > 1 {
+			<-c.gate
+		}
+		return resp, err
+	}
+	real, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	bad := bytes.Repeat([]byte{'X'}, len(real)-1)
+	resp.Body = &brokenBody{r: bytes.NewReader(bad)}
+	return resp, nil
+}
+
+// TestRetryWithOtherBytesFailsReaders: a retried download rewrites the
+// spool from offset 0; a reader that already read the first attempt's
+// (wrong) bytes must not end with a clean EOF once the second attempt
+// verifies: it fails, as the bytes differ.
+func TestRetryWithOtherBytesFailsReaders(t *testing.T) {
+	up := newUpstream(t, true)
+	img := randomImage(t, 64<<10, 1)
+	up.push(t, "lib/app:1", img)
+	layer, size := layerOf(t, img)
+	tr := &corruptFirstBlobGET{rt: http.DefaultTransport, path: "/blobs/" + layer.String(), gate: make(chan struct{})}
+	defer func() {
+		select {
+		case <-tr.gate:
+		default:
+			close(tr.gate)
+		}
+	}()
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, func(d *Deps) { d.Transport = tr })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if m, err := e.s.Manifest(ctx, "lib/app", "1", true); err != nil || m == nil {
+		t.Fatalf("Manifest = %v, %v", m, err)
+	}
+	sb, err := e.s.Blob(ctx, "lib/app", digest.Digest(layer.String()))
+	if err != nil || sb == nil {
+		t.Fatalf("Blob = %v, %v", sb, err)
+	}
+	defer sb.Close()
+	head := make([]byte, size-1)
+	if _, err := io.ReadFull(sb, head); err != nil {
+		t.Fatalf("first attempt's bytes: %v", err)
+	}
+	close(tr.gate) // the retry goes through with the right bytes
+	rest, err := io.ReadAll(sb)
+	got := digest.FromBytes(append(head, rest...))
+	if err == nil && int64(len(head)+len(rest)) == size && got.String() != layer.String() {
+		t.Errorf("reader got a complete body (clean EOF) of %s, want %s: unverified bytes of a failed attempt", got, layer)
+	}
+	if !errors.Is(err, errCopyFailed) {
+		t.Errorf("reader of a retry with other bytes: %v, want errCopyFailed", err)
+	}
+	settle(t, e.s)
+	// The copy itself went on: the retry's bytes were verified and stored.
+	if _, err := e.reg.Store().Stat(t.Context(), "lib/app", digest.Digest(layer.String())); err != nil {
+		t.Errorf("layer after the retry: %v", err)
+	}
+}
+
+// TestChildManifestServedFromCopy: an index is answered once its children
+// are known, so the platform manifest a client asks for next comes from
+// the same copy: one upstream GET of it, one fetch counted.
+func TestChildManifestServedFromCopy(t *testing.T) {
+	up := newUpstream(t, true)
+	idx, err := random.Index(256, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.push(t, "lib/multi:1", idx)
+	im, _ := idx.IndexManifest()
+	child := im.Manifests[0].Digest.String()
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if m, err := e.s.Manifest(ctx, "lib/multi", "1", true); err != nil || m == nil {
+		t.Fatalf("Manifest = %v, %v", m, err)
+	}
+	// What a docker/containerd pull does next: the platform's manifest.
+	if m, err := e.s.Manifest(ctx, "lib/multi", child, true); err != nil || m == nil || m.Digest != child {
+		t.Fatalf("Manifest(child) = %v, %v", m, err)
+	}
+	settle(t, e.s)
+	if n := counter(t, e.s.m.fetches, up.Host); n != 1 {
+		t.Errorf("one pull of an index: berth_sync_upstream_fetches_total = %v, want 1", n)
+	}
+	if n := up.count("GET", "/v2/lib/multi/manifests/"+child); n != 1 {
+		t.Errorf("upstream GETs of the child manifest = %d, want 1", n)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestMirrorFallbackWithBlobInFlight: mirror 1 fails one layer while
+// another is still downloading from it; when mirror 1 then dies, that
+// download falls back to mirror 2 too, and the image is stored.
+func TestMirrorFallbackWithBlobInFlight(t *testing.T) {
+	up1, up2 := newUpstream(t, true), newUpstream(t, true)
+	img := randomImage(t, 64<<10, 2)
+	want := up1.push(t, "lib/app:1", img)
+	up2.push(t, "lib/app:1", img)
+	layers, _ := img.Layers()
+	la, _ := layers[0].Digest()
+	lb, _ := layers[1].Digest()
+	up1.setFail(func(r *http.Request) (int, bool) {
+		return http.StatusServiceUnavailable, r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, la.String())
+	})
+	release := up1.holdBlob(lb.String(), 1024)
+	defer release()
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up1.URL, up2.URL)}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if m, err := e.s.Manifest(ctx, "lib/app", "1", true); err != nil || m == nil {
+		t.Fatalf("Manifest = %v, %v", m, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for up2.count("GET", "/v2/lib/app/blobs/"+la.String()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("never fell back to mirror 2")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	// Mirror 1 goes down for good.
+	up1.setFail(func(*http.Request) (int, bool) { return http.StatusServiceUnavailable, true })
+	up1.CloseClientConnections()
+	release()
+	settle(t, e.s)
+	if got := e.digest(t, "lib/app", "1"); got != want.String() {
+		t.Errorf("after falling back to a healthy mirror the tag is %q, want %s (mirror-2 GETs of layer b: %d)",
+			got, want, up2.count("GET", "/v2/lib/app/blobs/"+lb.String()))
+	}
+	t.Logf("berth_sync_upstream_fetches_total = %v for one image copy", counter(t, e.s.m.fetches, up1.Host))
+}
+
+// TestFailedCopyAbandonsItsBlobs: when an image copy fails, its other
+// blob downloads that no client reads are cancelled, not left running
+// against upstream for up to onDemandTimeout.
+func TestFailedCopyAbandonsItsBlobs(t *testing.T) {
+	up := newUpstream(t, true)
+	img := randomImage(t, 64<<10, 2)
+	up.push(t, "lib/app:1", img)
+	layers, _ := img.Layers()
+	bad, _ := layers[0].Digest()
+	held, _ := layers[1].Digest()
+	up.setFail(func(r *http.Request) (int, bool) {
+		return http.StatusNotFound, strings.HasSuffix(r.URL.Path, "/blobs/"+bad.String())
+	})
+	release := up.holdBlob(held.String(), 1024)
+	defer release()
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	if m, err := e.s.Manifest(t.Context(), "lib/app", "1", true); err != nil || m == nil {
+		t.Fatalf("Manifest = %v, %v", m, err)
+	}
+	settle(t, e.s)
+	stopped := make(chan struct{})
+	go func() { e.s.wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the held layer's download still runs after its image copy failed")
+	}
+	if _, err := e.reg.Store().Stat(t.Context(), "lib/app", digest.Digest(held.String())); err == nil {
+		t.Error("the abandoned layer was stored")
+	}
+}
