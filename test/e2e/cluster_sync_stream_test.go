@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -78,7 +79,9 @@ func (hp *cxHoldProxy) Release() { hp.once.Do(func() { close(hp.release) }) }
 // the full Content-Length) — streamed from the owner's copy in flight —
 // while nothing is tagged yet. A crane pull started meanwhile completes
 // once upstream sends the rest, and so does the owner's copy: the layer
-// was downloaded from upstream once for all of them.
+// was downloaded from upstream once for all of them. Then skopeo --all
+// pulls a multi-platform image through HAProxy: one image copy, counted on
+// the owner only, and one upstream GET of each platform manifest.
 func TestClusterSyncStreams(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
@@ -167,6 +170,47 @@ func TestClusterSyncStreams(t *testing.T) {
 		res := e.do(t, "GET", "/v2/"+img.repo+"/blobs/"+layer, nil, nil)
 		if res.Status != 200 || !bytes.Equal(res.Body[:first], head) || sha256Digest(res.Body) != layer {
 			t.Errorf("stored layer via %s: %d, digest %s", c.name(e), res.Status, sha256Digest(res.Body))
+		}
+	}
+
+	// A multi-platform image pulled whole by a real client (skopeo --all:
+	// the index, then each platform manifest by digest, then blobs) through
+	// HAProxy while its copy is in flight: one image copy on the owner, one
+	// upstream GET of each platform manifest.
+	idx := cxPushUp(t, up, "stream/multi:1", cxRandomIndex(t))
+	fetches := "berth_sync_upstream_fetches_total"
+	before := c.cxMetrics(t, fetches)
+	idxOwner := c.cxOwner(t, idx.repo)
+	out := filepath.Join(t.TempDir(), "multi")
+	run(t, tool(t, "skopeo"), "--insecure-policy", "copy", "--all", "--src-tls-verify=false",
+		"docker://"+c.LBReg.Host+"/"+idx.repo+":"+idx.tag, "dir:"+out) // dir: keeps manifests as served
+	top, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	must(t, err)
+	if d := sha256Digest(top); d != idx.digest {
+		t.Errorf("skopeo --all pulled index %s, upstream has %s", d, idx.digest)
+	}
+	for _, ch := range idx.children {
+		b, err := os.ReadFile(filepath.Join(out, strings.TrimPrefix(ch, "sha256:")+".manifest.json"))
+		if err != nil || sha256Digest(b) != ch {
+			t.Errorf("skopeo --all: platform manifest %s: %v", ch, err)
+		}
+	}
+	waitUntil(t, 30*time.Second, idx.repo+" tagged on the cluster", func() bool {
+		return slices.Contains(cxTags(t, c.LBReg, idx.repo), idx.tag)
+	})
+	after := c.cxMetrics(t, fetches)
+	for _, m := range c.Members {
+		want := 0.0
+		if m.Host == idxOwner {
+			want = 1
+		}
+		if d := after[m.Host] - before[m.Host]; d != want {
+			t.Errorf("skopeo --all of an index: %s on %s went +%v, want +%v (owner %s)", fetches, m.Host, d, want, idxOwner)
+		}
+	}
+	for _, ch := range idx.children {
+		if n := cxUpstreamGets(t, up, idx.repo, ch); n != 1 {
+			t.Errorf("upstream GETs of platform manifest %s: %d, want 1", ch, n)
 		}
 	}
 	requireStorageOK(t, c.StorageRoot())
