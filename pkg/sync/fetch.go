@@ -97,6 +97,7 @@ func (s *Syncer) copyImage(ctx context.Context, src source, ref, mode string, im
 // missing content.
 func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref string, tags []string, mode string, img *liveImage) (digest.Digest, error) {
 	log := s.logger(ctx, src).With().Str("ref", ref).Str("mirror", u.String()).Logger()
+	s.live.reading(img, u)
 	top, err := s.fetchManifest(ctx, u, src, ref, "")
 	if err != nil {
 		return "", err

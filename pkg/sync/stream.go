@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	gosync "sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -28,6 +29,8 @@ type liveImage struct {
 	done  chan struct{} // closed when the copy ended; err is then final
 
 	// Guarded by liveSet.mu.
+	started   time.Time                       // when the copy started
+	mirror    *upstream                       // the mirror the copy is reading from
 	top       *fetched                        // nil: the registry's copy is current
 	manifests map[digest.Digest]*fetched      // top and the child manifests fetched so far
 	blobs     map[digest.Digest]v1.Descriptor // blobs of those manifests: clients may ask for them
@@ -102,18 +105,40 @@ func (l *liveSet) manifest(repo string, dgst digest.Digest) *fetched {
 }
 
 // plannedBlob finds, among the on-demand copies in flight into repo, one
-// whose manifests reference blob dgst.
-func (l *liveSet) plannedBlob(repo string, dgst digest.Digest) (source, v1.Descriptor, bool) {
+// whose manifests reference blob dgst, and the mirrors to fetch it from
+// (the copy's current one first).
+func (l *liveSet) plannedBlob(repo string, dgst digest.Digest) (source, v1.Descriptor, []*upstream, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if img := l.plannerLocked(repo, dgst); img != nil {
+		mirrors := img.src.reg.mirrors
+		if img.mirror != nil {
+			mirrors = fromMirror(mirrors, img.mirror)
+		}
+		return img.src, img.blobs[dgst], mirrors, true
+	}
+	return source{}, v1.Descriptor{}, nil, false
+}
+
+// plannerLocked is a copy in flight into repo whose manifests reference
+// dgst, or nil. l.mu is held.
+func (l *liveSet) plannerLocked(repo string, dgst digest.Digest) *liveImage {
 	for _, img := range l.images {
-		if img.src.local == repo {
-			if d, ok := img.blobs[dgst]; ok {
-				return img.src, d, true
-			}
+		if _, ok := img.blobs[dgst]; ok && img.src.local == repo {
+			return img
 		}
 	}
-	return source{}, v1.Descriptor{}, false
+	return nil
+}
+
+// reading records the mirror img's copy reads from.
+func (l *liveSet) reading(img *liveImage, u *upstream) {
+	if img == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	img.mirror = u
 }
 
 // published is img's top manifest once given to clients (nil before, or
@@ -143,7 +168,7 @@ func (s *Syncer) image(ctx context.Context, src source, ref, key, mode string,
 		return img
 	}
 	img := &liveImage{
-		key: key, src: src, mode: mode,
+		key: key, src: src, mode: mode, started: time.Now(),
 		ready: make(chan struct{}), done: make(chan struct{}),
 		manifests: map[digest.Digest]*fetched{}, blobs: map[digest.Digest]v1.Descriptor{},
 	}
@@ -157,6 +182,11 @@ func (s *Syncer) image(ctx context.Context, src source, ref, key, mode string,
 		delete(s.live.images, key)
 		img.err = err
 		published := img.isReady && img.top != nil
+		for _, b := range s.live.blobs {
+			if b.waiters == 0 {
+				s.abandonLocked(b) // started for a client who left, and no copy wants it now
+			}
+		}
 		s.live.mu.Unlock()
 		s.live.publish(img, nil)
 		if err != nil && published && mode == modeOnDemand {
@@ -202,11 +232,11 @@ func (s *Syncer) spawn(ctx context.Context, fn func(context.Context)) {
 func (s *Syncer) Blob(ctx context.Context, repo string, dgst digest.Digest) (api.SyncedBlob, error) {
 	b := s.joinBlob(repo + "@" + dgst.String())
 	if b == nil {
-		src, d, ok := s.live.plannedBlob(repo, dgst)
+		src, d, mirrors, ok := s.live.plannedBlob(repo, dgst)
 		if !ok {
 			return nil, nil
 		}
-		b = s.blob(ctx, src, d, src.reg.mirrors, true)
+		b = s.blob(ctx, src, d, mirrors, true)
 	}
 	select {
 	case <-b.started:
@@ -238,20 +268,29 @@ func (s *Syncer) joinBlob(key string) *liveBlob {
 	return b
 }
 
-// leave drops a waiter of b; the copy is abandoned (cancelled, and
-// forgotten so that a later request starts afresh) when none is left
-// before it ended: its image copy failed and no client reads it.
+// leave drops a waiter of b; see abandonLocked for when none is left.
 func (s *Syncer) leave(b *liveBlob) {
 	s.live.mu.Lock()
 	defer s.live.mu.Unlock()
 	b.waiters--
-	if b.waiters > 0 {
-		return
+	if b.waiters == 0 {
+		s.abandonLocked(b)
 	}
+}
+
+// abandonLocked cancels b's copy, nobody waiting for it any more, and
+// forgets it so that a later request starts afresh: unless it ended, or an
+// image copy in flight references it (that copy joins it when its turn
+// comes; a HEAD or a short Range read must not throw the download away).
+// s.live.mu is held.
+func (s *Syncer) abandonLocked(b *liveBlob) {
 	select {
 	case <-b.done:
 		return
 	default:
+	}
+	if s.live.plannerLocked(b.src.local, b.dgst) != nil {
+		return
 	}
 	if s.live.blobs[b.key] == b {
 		delete(s.live.blobs, b.key)
@@ -290,6 +329,7 @@ func (s *Syncer) blob(ctx context.Context, src source, d v1.Descriptor, mirrors 
 		}
 		s.live.mu.Unlock()
 		b.finish(err)
+		b.abandon() // releases the context; the copy is over
 	})
 	return b
 }

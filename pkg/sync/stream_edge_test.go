@@ -256,3 +256,120 @@ func TestFailedCopyAbandonsItsBlobs(t *testing.T) {
 		t.Error("the abandoned layer was stored")
 	}
 }
+
+// TestHeadOrShortRangeKeepsPlannedBlob: a client touches a layer the
+// image copy references but has not reached (its 4 blob workers are busy).
+// A HEAD or a short Range GET starts the download and leaves it at once:
+// the download goes on for the image copy, which joins it (one upstream
+// GET), instead of being cancelled and started again.
+func TestHeadOrShortRangeKeepsPlannedBlob(t *testing.T) {
+	for _, mode := range []string{"HEAD", "Range"} {
+		t.Run(mode, func(t *testing.T) {
+			up := newUpstream(t, true)
+			img := randomImage(t, 64<<10, 5)
+			up.push(t, "lib/app:1", img)
+			layers, _ := img.Layers()
+			var rels []func()
+			for _, l := range layers {
+				d, _ := l.Digest()
+				rels = append(rels, up.holdBlob(d.String(), 1024))
+			}
+			releaseAll := func() {
+				for _, r := range rels {
+					r()
+				}
+			}
+			defer releaseAll()
+			last, _ := layers[4].Digest()
+			e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+			srv := httptest.NewServer(api.New(e.reg, api.Options{Log: zerolog.Nop(), Sync: e.s}))
+			t.Cleanup(srv.Close)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			if m, err := e.s.Manifest(ctx, "lib/app", "1", true); err != nil || m == nil {
+				t.Fatalf("Manifest = %v, %v", m, err)
+			}
+			// Wait for the image copy's 4 workers to be stuck on layers 0-3.
+			deadline := time.Now().Add(30 * time.Second)
+			for i := 0; i < 4; i++ {
+				d, _ := layers[i].Digest()
+				for up.count("GET", "/v2/lib/app/blobs/"+d.String()) == 0 {
+					if time.Now().After(deadline) {
+						t.Fatal("workers never started")
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+			}
+			method := http.MethodHead
+			if mode == "Range" {
+				method = http.MethodGet
+			}
+			req, _ := http.NewRequestWithContext(ctx, method, srv.URL+"/v2/lib/app/blobs/"+last.String(), nil)
+			if mode == "Range" {
+				req.Header.Set("Range", "bytes=0-99")
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			t.Logf("%s: %d", mode, resp.StatusCode)
+			time.Sleep(50 * time.Millisecond)
+			e.s.live.mu.Lock()
+			_, inFlight := e.s.live.blobs["lib/app@"+last.String()]
+			e.s.live.mu.Unlock()
+			releaseAll()
+			settle(t, e.s)
+			n := up.count("GET", "/v2/lib/app/blobs/"+last.String())
+			if !inFlight || n != 1 {
+				t.Errorf("after a %s of a planned layer: still in flight=%v; upstream GETs of it = %d, want in flight and 1", mode, inFlight, n)
+			}
+		})
+	}
+}
+
+// TestFlushWriterStatuses: HEAD, 304, 206, 416 of a blob in flight
+// through the API's flushWriter.
+func TestFlushWriterStatuses(t *testing.T) {
+	data := make([]byte, 4096)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	dgst := digest.FromBytes(data).String()
+	b := newLiveBlob("r@"+dgst, source{}, digest.Digest(dgst))
+	if err := b.begin(t.TempDir(), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = b.writer().Write(data)
+	b.refs++ // keep the spool for the test's readers
+	b.finish(nil)
+	srv := httptest.NewServer(api.New(newLocal(t), api.Options{Log: zerolog.Nop(), Sync: fixedSyncer{b}, Limits: api.Limits{WriteIdle: time.Second}}))
+	defer srv.Close()
+	for _, c := range []struct {
+		method, hdr, val string
+		want             int
+		n                int
+	}{
+		{"HEAD", "", "", 200, 0},
+		{"GET", "If-None-Match", `"` + dgst + `"`, 304, 0},
+		{"GET", "Range", "bytes=10-19", 206, 10},
+		{"GET", "Range", "bytes=5000-6000", 416, -1},
+		{"GET", "Range", "bytes=-10", 206, 10},
+		{"GET", "", "", 200, 4096},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+"/v2/r/blobs/"+dgst, nil)
+		if c.hdr != "" {
+			req.Header.Set(c.hdr, c.val)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want || err != nil || (c.n >= 0 && len(body) != c.n) {
+			t.Errorf("%s %s=%s: %d %d bytes %v (CL %d, Content-Range %q)", c.method, c.hdr, c.val, resp.StatusCode, len(body), err, resp.ContentLength, resp.Header.Get("Content-Range"))
+		}
+	}
+}

@@ -238,9 +238,9 @@ func (s *Syncer) Manifest(ctx context.Context, repo, ref string, missing bool) (
 		return s.onDemand(fctx, src, ref, key, img)
 	})
 	if !missing {
-		// The update of a present tag is awaited for a while; past that,
-		// the local copy is served and the update goes on.
-		t := time.NewTimer(updateWait)
+		// The update of a present tag is awaited for a while after it
+		// started; past that, the local copy is served while it goes on.
+		t := time.NewTimer(time.Until(img.started.Add(updateWait)))
 		defer t.Stop()
 		select {
 		case <-img.done:
