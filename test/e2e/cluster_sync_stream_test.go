@@ -216,3 +216,80 @@ func TestClusterSyncStreams(t *testing.T) {
 	requireStorageOK(t, c.StorageRoot())
 	c.requireNoMisroutes(t)
 }
+
+// TestClusterSyncOwnerKilled: kill -9 of the owner in the middle of an
+// on-demand copy streaming a layer to a client. The client's read fails
+// (never a short body taken for the layer), nothing of the image is tagged
+// by the dead copy, and once the survivors see the owner down the next
+// pull through HAProxy is served, copied afresh from upstream by the
+// member now answering for the repository, with upstream's digests.
+func TestClusterSyncOwnerKilled(t *testing.T) {
+	defer timed(t)()
+	crane := tool(t, "crane")
+	up := syncStartBerth(t, "upstream-berth", nil)
+	img := cxPushUp(t, up, "kill/app:1", cxRandomImage(t, 6<<20, 1))
+	layer := img.layers[0]
+	const first = 1 << 20
+	hold := cxStartHoldProxy(t, up.URL, layer, first)
+	c := cxSyncCluster(t, map[string]any{"urls": []string{hold.URL}, "onDemand": true, "maxRetries": 1, "retryDelay": "100ms"})
+	owner := c.member(c.cxOwner(t, img.repo))
+	var survivors []*reg
+	for _, m := range c.Members {
+		if m != owner {
+			survivors = append(survivors, m)
+		}
+	}
+	via := survivors[0]
+
+	res := via.do(t, "GET", "/v2/"+img.repo+"/manifests/"+img.tag, map[string]string{"Accept": syncAccept}, nil)
+	if res.Status != 200 || sha256Digest(res.Body) != img.digest {
+		t.Fatalf("manifest via %s: %s", via.Host, res)
+	}
+	req, err := http.NewRequest(http.MethodGet, via.URL+"/v2/"+img.repo+"/blobs/"+layer, nil)
+	must(t, err)
+	lr, err := httpClient.Do(req)
+	must(t, err)
+	defer lr.Body.Close()
+	if _, err := io.ReadFull(lr.Body, make([]byte, first)); err != nil || lr.StatusCode != 200 {
+		t.Fatalf("first MiB of the layer via %s: %d %v", via.Host, lr.StatusCode, err)
+	}
+
+	owner.Kill9()
+	if rest, err := io.ReadAll(lr.Body); err == nil {
+		t.Fatalf("the layer read through %s ended cleanly (%d more bytes) after its owner was killed", via.Host, len(rest))
+	}
+	hold.Release()
+	waitUntil(t, 30*time.Second, "the survivors to see "+owner.Host+" down", func() bool {
+		for _, s := range survivors {
+			if up, _ := peerState(s, owner.Host); up {
+				return false
+			}
+		}
+		return true
+	})
+	if tags := cxTags(t, c.LBReg, img.repo); len(tags) != 0 {
+		t.Errorf("tags of %s after its copy died with the owner: %q", img.repo, tags)
+	}
+
+	dir := filepath.Join(t.TempDir(), "pulled")
+	r := execCmd(context.Background(), clientEnv(t), "", 2*time.Minute, crane, "pull", "--insecure", "--format", "oci", c.LBReg.Host+"/"+img.repo+":"+img.tag, dir)
+	if r.Err != nil {
+		t.Fatalf("crane pull through HAProxy after the owner died: %v\n%s", r.Err, r.Combined)
+	}
+	if d := layoutDigest(t, dir, ""); d != img.digest {
+		t.Errorf("crane pulled %s, upstream has %s", d, img.digest)
+	}
+	waitUntil(t, 30*time.Second, img.repo+" tagged by a survivor", func() bool {
+		return slices.Contains(cxTags(t, c.LBReg, img.repo), img.tag)
+	})
+	for _, s := range survivors {
+		res := s.do(t, "GET", "/v2/"+img.repo+"/blobs/"+layer, nil, nil)
+		if res.Status != 200 || sha256Digest(res.Body) != layer {
+			t.Errorf("layer via %s after the failover: %d %s", s.Host, res.Status, sha256Digest(res.Body))
+		}
+	}
+	if n := hold.gets.Load(); n < 2 {
+		t.Errorf("upstream GETs of the layer = %d, want 2 (the dead owner's copy, then the survivor's)", n)
+	}
+	requireNoPanic(t, survivors...)
+}
