@@ -72,6 +72,38 @@ func cxStartHoldProxy(t *testing.T, upstream, digest string, after int) *cxHoldP
 // Release lets the held GETs finish.
 func (hp *cxHoldProxy) Release() { hp.once.Do(func() { close(hp.release) }) }
 
+// streamSetup is an upstream Berth holding one ~6 MiB single-layer image
+// behind a hold proxy (GETs of the layer stop after its first MiB until
+// released), and the 3-member cluster syncing from that proxy on demand.
+type streamSetup struct {
+	up     *syncProc
+	img    cxUpImage
+	layer  string
+	hold   *cxHoldProxy
+	c      *cluster
+	owner  *reg
+	others []*reg // the members that do not own img.repo
+}
+
+// streamFirst is how much of the layer the hold proxy lets through.
+const streamFirst = 1 << 20
+
+func startStreamSetup(t *testing.T, ref string) *streamSetup {
+	t.Helper()
+	st := &streamSetup{up: syncStartBerth(t, "upstream-berth", nil)}
+	st.img = cxPushUp(t, st.up, ref, cxRandomImage(t, 6<<20, 1))
+	st.layer = st.img.layers[0]
+	st.hold = cxStartHoldProxy(t, st.up.URL, st.layer, streamFirst)
+	st.c = cxSyncCluster(t, map[string]any{"urls": []string{st.hold.URL}, "onDemand": true, "maxRetries": 1, "retryDelay": "100ms"})
+	st.owner = st.c.member(st.c.cxOwner(t, st.img.repo))
+	for _, m := range st.c.Members {
+		if m != st.owner {
+			st.others = append(st.others, m)
+		}
+	}
+	return st
+}
+
 // TestClusterSyncStreams: an on-demand pull is not held until the whole
 // image is stored. While upstream has sent only the first 1 MiB of a ~6 MiB
 // layer, a client asking a non-owner gets upstream's manifest, and a
@@ -85,20 +117,10 @@ func (hp *cxHoldProxy) Release() { hp.once.Do(func() { close(hp.release) }) }
 func TestClusterSyncStreams(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	up := syncStartBerth(t, "upstream-berth", nil)
-	img := cxPushUp(t, up, "stream/app:1", cxRandomImage(t, 6<<20, 1))
-	layer := img.layers[0]
-	const first = 1 << 20
-	hold := cxStartHoldProxy(t, up.URL, layer, first)
-	c := cxSyncCluster(t, map[string]any{"urls": []string{hold.URL}, "onDemand": true, "maxRetries": 1, "retryDelay": "100ms"})
-	owner := c.cxOwner(t, img.repo)
-	var other *reg
-	for _, m := range c.Members {
-		if m.Host != owner {
-			other = m
-			break
-		}
-	}
+	st := startStreamSetup(t, "stream/app:1")
+	up, img, layer, hold, c := st.up, st.img, st.layer, st.hold, st.c
+	owner, other := st.owner.Host, st.others[0]
+	const first = streamFirst
 
 	res := other.do(t, "GET", "/v2/"+img.repo+"/manifests/"+img.tag, map[string]string{"Accept": syncAccept}, nil)
 	if res.Status != 200 || sha256Digest(res.Body) != img.digest || res.Header.Get("Docker-Content-Digest") != img.digest {
@@ -226,20 +248,11 @@ func TestClusterSyncStreams(t *testing.T) {
 func TestClusterSyncOwnerKilled(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	up := syncStartBerth(t, "upstream-berth", nil)
-	img := cxPushUp(t, up, "kill/app:1", cxRandomImage(t, 6<<20, 1))
-	layer := img.layers[0]
-	const first = 1 << 20
-	hold := cxStartHoldProxy(t, up.URL, layer, first)
-	c := cxSyncCluster(t, map[string]any{"urls": []string{hold.URL}, "onDemand": true, "maxRetries": 1, "retryDelay": "100ms"})
-	owner := c.member(c.cxOwner(t, img.repo))
-	var survivors []*reg
-	for _, m := range c.Members {
-		if m != owner {
-			survivors = append(survivors, m)
-		}
-	}
+	st := startStreamSetup(t, "kill/app:1")
+	img, layer, hold, c := st.img, st.layer, st.hold, st.c
+	owner, survivors := st.owner, st.others
 	via := survivors[0]
+	const first = streamFirst
 
 	res := via.do(t, "GET", "/v2/"+img.repo+"/manifests/"+img.tag, map[string]string{"Accept": syncAccept}, nil)
 	if res.Status != 200 || sha256Digest(res.Body) != img.digest {
