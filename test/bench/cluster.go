@@ -17,8 +17,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/berthreg/berth/test/e2e/testproc"
 )
 
 const (
@@ -28,67 +29,35 @@ const (
 
 var memberIPs = []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
 
-// child is a helper process (versitygw, dynalite, a member, HAProxy).
-type child struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
+// child is a helper process (versitygw, dynalite, a member, HAProxy),
+// stopped at exit.
+type child struct{ *testproc.Proc }
 
+// startChild starts args with the bench's environment plus env.
 func startChild(name, logPath string, env []string, args ...string) (*child, error) {
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	p, err := testproc.Start(name, logPath, append(os.Environ(), env...), args...)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	c := &child{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); lf.Close(); close(c.done) }()
+	c := &child{p}
 	atExit(c.stop)
 	return c, nil
 }
 
-func (c *child) pid() int { return c.cmd.Process.Pid }
-
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *child) pid() int { return c.Pid() }
 
 // stop asks the process to end (SIGTERM), then kills it after 5s.
-func (c *child) stop() {
-	if c.exited() {
-		return
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(5 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-}
+func (c *child) stop() { c.Stop(5 * time.Second) }
 
 // waitReady waits until ok() or the process exits.
 func (c *child) waitReady(timeout time.Duration, ok func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for !ok() {
-		if c.exited() {
-			return fmt.Errorf("%s exited during startup (log %s):\n%s", c.name, c.log, tail(c.log, 15))
+		if c.Exited() {
+			return fmt.Errorf("%s exited during startup (log %s):\n%s", c.Name, c.Log, tail(c.Log, 15))
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %s (log %s):\n%s", c.name, timeout, c.log, tail(c.log, 15))
+			return fmt.Errorf("%s not ready after %s (log %s):\n%s", c.Name, timeout, c.Log, tail(c.Log, 15))
 		}
 		time.Sleep(30 * time.Millisecond)
 	}

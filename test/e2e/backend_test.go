@@ -8,13 +8,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/berthreg/berth/test/e2e/testproc"
 )
 
 // Storage backends a registry can run on.
@@ -50,59 +50,19 @@ const (
 	s3Prefix    = "berth" // storageDriver.rootdirectory
 )
 
-// proc is a helper server process (versitygw, dynalite, haproxy) started
-// by the tests. It dies with the test binary (Pdeathsig) and is stopped by
-// its pid only.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
+// proc is a helper server process (versitygw, dynalite, haproxy, a
+// registry) started by the tests; it dies with the test binary.
+type proc = testproc.Proc
 
-func startProc(name, logPath string, env []string, args ...string) (*proc, error) {
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
-	return p, nil
-}
-
-// exited reports whether the process is gone.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL to the process (by pid) and waits for it.
-func (p *proc) kill() {
-	if p == nil || p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
+// startProc starts one (see testproc.Start).
+var startProc = testproc.Start
 
 // waitTCP waits until addr accepts connections or p exits.
 func waitTCP(p *proc, addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if p.exited() {
-			return fmt.Errorf("%s exited during startup:\n%s", p.name, tailFile(p.log, 20))
+		if p.Exited() {
+			return fmt.Errorf("%s exited during startup:\n%s", p.Name, tailFile(p.Log, 20))
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
@@ -110,7 +70,7 @@ func waitTCP(p *proc, addr string, timeout time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not listening on %s after %s: %v\n%s", p.name, addr, timeout, err, tailFile(p.log, 20))
+			return fmt.Errorf("%s not listening on %s after %s: %v\n%s", p.Name, addr, timeout, err, tailFile(p.Log, 20))
 		}
 		time.Sleep(30 * time.Millisecond)
 	}
@@ -124,7 +84,7 @@ var errExited = errors.New("exited during startup")
 func pollReady(client *http.Client, url string, p *proc, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if p.exited() {
+		if p.Exited() {
 			return errExited
 		}
 		resp, err := client.Get(url)
@@ -160,7 +120,7 @@ func sharedS3Dynamo(t *testing.T) (s3URL, s3Dir, ddbURL string) {
 	s := &sharedServers
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err == nil && (s.s3 == nil || s.s3.exited() || s.ddb == nil || s.ddb.exited()) {
+	if s.err == nil && (s.s3 == nil || s.s3.Exited() || s.ddb == nil || s.ddb.Exited()) {
 		s.err = startSharedServers(t)
 	}
 	if s.err != nil {
@@ -179,8 +139,8 @@ func startSharedServers(t *testing.T) error {
 		}
 		s.dir = dir
 	}
-	s.s3.kill()
-	s.ddb.kill()
+	s.s3.Kill()
+	s.ddb.Kill()
 	start := time.Now()
 	s.s3Dir = filepath.Join(s.dir, "s3")
 	if err := os.MkdirAll(s.s3Dir, 0o755); err != nil {
@@ -218,8 +178,8 @@ func stopSharedServers() {
 	s := &sharedServers
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.s3.kill()
-	s.ddb.kill()
+	s.s3.Kill()
+	s.ddb.Kill()
 	if s.dir != "" {
 		os.RemoveAll(s.dir)
 	}

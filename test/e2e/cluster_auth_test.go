@@ -376,7 +376,7 @@ func TestClusterAuth(t *testing.T) {
 	})
 
 	t.Run("no secrets in the logs", func(t *testing.T) {
-		files := []string{c.LB.p.log}
+		files := []string{c.LB.p.Log}
 		for _, m := range c.Members {
 			files = append(files, m.LogPath, filepath.Join(m.Dir, "stderr.log"))
 		}

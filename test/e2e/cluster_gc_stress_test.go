@@ -369,5 +369,5 @@ func cxDynaliteDied(d time.Duration) bool {
 	s := &sharedServers
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ddb != nil && s.ddb.exited()
+	return s.ddb != nil && s.ddb.Exited()
 }

@@ -47,9 +47,9 @@ func startHAProxy(t *testing.T, members []*reg, pki *testPKI) *haproxy {
 	}
 	h.p = p
 	t.Cleanup(func() {
-		p.kill()
+		p.Kill()
 		if t.Failed() {
-			t.Logf("haproxy log tail (%s):\n%s", p.log, tailFile(p.log, 30))
+			t.Logf("haproxy log tail (%s):\n%s", p.Log, tailFile(p.Log, 30))
 		}
 	})
 	if err := waitTCP(p, h.Host, 10*time.Second); err != nil {

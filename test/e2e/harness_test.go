@@ -101,7 +101,7 @@ type reg struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // startRegistry starts the registry on a free loopback port with fresh
@@ -194,11 +194,11 @@ func (r *reg) start() {
 		r.t.Fatal(err)
 	}
 	r.mu.Lock()
-	r.cmd, r.done = p.cmd, p.done
+	r.cmd, r.done = p.Cmd, p.Done()
 	r.mu.Unlock()
 	switch err := pollReady(client, r.URL+"/readyz", p, 30*time.Second); {
 	case err == errExited:
-		r.t.Fatalf("registry %s exited during startup: %s\nstderr:\n%s\nlog:\n%s", r.Host, p.cmd.ProcessState,
+		r.t.Fatalf("registry %s exited during startup: %s\nstderr:\n%s\nlog:\n%s", r.Host, p.Cmd.ProcessState,
 			tailFile(stderr, 30), tailFile(r.LogPath, 30))
 	case err != nil:
 		r.t.Fatalf("registry %v\nlog:\n%s", err, tailFile(r.LogPath, 30))

@@ -121,8 +121,8 @@ func (p *syncProc) Kill() {
 	if pr == nil {
 		return
 	}
-	_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
-	<-pr.done
+	_ = syscall.Kill(-pr.Pid(), syscall.SIGKILL)
+	<-pr.Done()
 }
 
 // Restart starts the process again on the same port and data.
