@@ -106,7 +106,10 @@ func (w *spoolWriter) Write(p []byte) (int, error) {
 	}
 	var err error
 	if seen := min(int64(len(p)), written-w.off); seen > 0 {
-		w.buf = append(w.buf[:0], make([]byte, seen)...)
+		if int64(cap(w.buf)) < seen {
+			w.buf = make([]byte, seen)
+		}
+		w.buf = w.buf[:seen]
 		if _, err = b.spool.ReadAt(w.buf, w.off); err == nil && !bytes.Equal(w.buf, p[:seen]) {
 			err = errors.New("a retry sent other bytes than the first attempt")
 		}

@@ -296,24 +296,18 @@ func (u *upstream) headDigest(ctx context.Context, repo, ref string) (digest.Dig
 // exists reports whether upstream has repo's manifest ref (a HEAD, which
 // registries such as Docker Hub do not count as a pull).
 func (u *upstream) exists(ctx context.Context, repo, ref string) (bool, error) {
-	err := u.retry(ctx, func() error {
-		resp, err := u.open(ctx, http.MethodHead, "/v2/"+repo+"/manifests/"+ref, pullScope(repo), manifestAccept, http.StatusOK)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
-	if errors.Is(err, errNotFound) {
-		return false, nil
-	}
-	return err == nil, err
+	return u.head(ctx, repo, "/manifests/"+ref, manifestAccept)
 }
 
-// blobExists reports whether upstream has repo's blob dgst (a HEAD).
+// blobExists reports whether upstream has repo's blob dgst.
 func (u *upstream) blobExists(ctx context.Context, repo string, dgst digest.Digest) (bool, error) {
+	return u.head(ctx, repo, "/blobs/"+dgst.String(), "")
+}
+
+// head HEADs /v2/<repo><path>: true on 200, false on 404.
+func (u *upstream) head(ctx context.Context, repo, path, accept string) (bool, error) {
 	err := u.retry(ctx, func() error {
-		resp, err := u.open(ctx, http.MethodHead, "/v2/"+repo+"/blobs/"+dgst.String(), pullScope(repo), "", http.StatusOK)
+		resp, err := u.open(ctx, http.MethodHead, "/v2/"+repo+path, pullScope(repo), accept, http.StatusOK)
 		if err != nil {
 			return err
 		}
