@@ -169,6 +169,11 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		ReadIdle:         cfg.HTTP.ReadIdleTimeout.Std(),
 		WriteIdle:        cfg.HTTP.WriteIdleTimeout.Std(),
 	})
+	// Requests get a context of their own. SIGTERM (ctx) stops new
+	// connections and background work, but pulls and pushes in flight go
+	// on; they are cancelled only when the grace period is over.
+	reqCtx, cutRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutRequests()
 	// No ReadTimeout or WriteTimeout: they would cut long transfers. The
 	// idle timeouts above bound stalled bodies and responses instead.
 	hs := &http.Server{
@@ -176,7 +181,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.Std(),
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 		ErrorLog:          nil,
 	}
 	scheme := "http"
@@ -213,7 +218,9 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		log.Warn().Err(err).Dur("grace", shutdownGrace).Msg("requests still in flight after the grace period are cut")
+		cutRequests()
+		_ = hs.Close()
 	}
 	// The collector writes the pulls noted in memory when ctx ends; wait
 	// for it so retention does not lose them.
