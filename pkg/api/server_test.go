@@ -2,7 +2,9 @@ package api_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -181,5 +184,58 @@ func wantAllow(want string) func(*testing.T, *testServer, *http.Response, []byte
 		if strings.Join(got, ", ") != want {
 			t.Errorf("Allow %q, want %q", resp.Header.Values("Allow"), want)
 		}
+	}
+}
+
+// hangingSyncer blocks a manifest GET until the request's context ends.
+type hangingSyncer struct{ entered chan struct{} }
+
+func (s hangingSyncer) Manifest(ctx context.Context, _, _ string, _ bool) (*api.SyncedManifest, error) {
+	close(s.entered)
+	<-ctx.Done()
+	return nil, fmt.Errorf("sync upstream: %w", ctx.Err())
+}
+
+func (hangingSyncer) Referrers(context.Context, string, digest.Digest) error { return nil }
+
+func (hangingSyncer) Blob(context.Context, string, digest.Digest) (api.SyncedBlob, error) {
+	return nil, nil
+}
+
+// TestAbandonedRequestLogged checks that a request the client gave up on
+// is logged and counted as 499 at info, not as a 500 with an error line.
+func TestAbandonedRequestLogged(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	reg := prometheus.NewRegistry()
+	sy := hangingSyncer{entered: make(chan struct{})}
+	ts := newServerWith(t, api.Options{Log: zerolog.New(&buf), Metrics: reg, Sync: sy})
+	ctx, cancel := context.WithCancel(t.Context())
+	req, err := http.NewRequestWithContext(ctx, "GET", ts.URL+manifestPath("test", "missing"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Request-Id", "gone-1")
+	go func() { <-sy.entered; cancel() }()
+	if res, err := ts.client.Do(req); err == nil {
+		res.Body.Close()
+		t.Fatalf("request answered %d; want the client's own cancellation", res.StatusCode)
+	}
+	var line map[string]any
+	for deadline := time.Now().Add(5 * time.Second); line == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, l := range buf.lines() {
+			if l["req_id"] == "gone-1" && l["level"] == "error" {
+				t.Errorf("abandoned request logged as an error: %v", l)
+			}
+			if l["message"] == "request" && l["req_id"] == "gone-1" {
+				line = l
+			}
+		}
+	}
+	if line == nil {
+		t.Fatalf("no access log line for gone-1 in %v", buf.lines())
+	}
+	if line["status"] != float64(499) || line["level"] != "info" {
+		t.Errorf("abandoned request logged with status %v at %v; want 499 at info (%v)", line["status"], line["level"], line)
 	}
 }

@@ -318,6 +318,7 @@ func (rt *Router) proxyError(w http.ResponseWriter, out *http.Request, member st
 	log := zerolog.Ctx(r.Context())
 	if r.Context().Err() != nil {
 		log.Debug().Err(err).Msg("client went away during a forwarded request")
+		w.WriteHeader(499) // nginx's "client closed request": logged, never read
 		return
 	}
 	log.Warn().Err(err).Str("peer", member).Msg("failed to forward request")

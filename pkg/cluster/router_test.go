@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -829,5 +830,32 @@ func TestRouterOwnsAgreesWithOwner(t *testing.T) {
 		if got := rts[0].Owner(r); got != want {
 			t.Fatalf("Owner(%q) = %s with %s down, want %s", r, got, members[2], want)
 		}
+	}
+}
+
+// TestRouterClientGone checks a forward whose client hung up before the
+// owner answered: nobody is marked down, no 503 is made up, and the
+// request is recorded as 499 (client closed request).
+func TestRouterClientGone(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	m := c.members[0]
+	repo := c.repoWhere(func(rank []string) bool { return rank[0] != m.addr })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := httptest.NewRequestWithContext(ctx, "GET", "/v2/"+repo+"/x", nil)
+	rec := httptest.NewRecorder()
+	local := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { t.Error("served locally") })
+	if !m.rt.Forward(rec, req, repo, local) {
+		t.Fatal("Forward did not take a request for another member's repository")
+	}
+	if rec.Code != 499 {
+		t.Errorf("status %d, want 499", rec.Code)
+	}
+	owner := c.byAddr[c.ring().Owner(repo)]
+	if owner.served.Load() != 0 {
+		t.Errorf("the owner served a request whose client was gone")
+	}
+	if !m.rt.health.up(owner.addr) {
+		t.Errorf("the owner was marked down because a client went away")
 	}
 }
