@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/berthreg/berth/pkg/registry"
 	"github.com/berthreg/berth/pkg/storage"
@@ -20,6 +21,9 @@ import (
 const (
 	// blobWorkers is how many blobs of one image are copied at once.
 	blobWorkers = 4
+	// manifestWorkers is how many child manifests of an index are fetched
+	// at once.
+	manifestWorkers = 8
 	// maxDepth bounds nested indexes.
 	maxDepth = 4
 )
@@ -212,17 +216,20 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 	if depth > 0 {
 		s.live.addManifest(img, f)
 	}
+	var todo []v1.Descriptor
 	for _, child := range doc.Manifests {
-		if p.seen[child.Digest] {
-			continue
+		if !p.seen[child.Digest] {
+			p.seen[child.Digest] = true
+			todo = append(todo, child)
 		}
-		p.seen[child.Digest] = true
-		if _, err := s.deps.Registry.Resolve(ctx, src.local, child.Digest.String()); err == nil {
+	}
+	children, err := s.fetchChildren(ctx, u, src, todo)
+	if err != nil {
+		return err
+	}
+	for _, cf := range children {
+		if cf == nil {
 			continue
-		}
-		cf, err := s.fetchManifest(ctx, u, src, child.Digest.String(), child.MediaType)
-		if err != nil {
-			return err
 		}
 		if err := s.walk(ctx, u, src, cf, p, depth+1, img); err != nil {
 			return err
@@ -235,6 +242,26 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 		s.live.publish(img, f)
 	}
 	return nil
+}
+
+// fetchChildren fetches the child manifests of an index that are missing
+// locally, a few at a time (the index is answered only once they are
+// known), in their order; nil stands for one present already.
+func (s *Syncer) fetchChildren(ctx context.Context, u *upstream, src source, children []v1.Descriptor) ([]*fetched, error) {
+	out := make([]*fetched, len(children))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(manifestWorkers)
+	for i, c := range children {
+		g.Go(func() error {
+			if _, err := s.deps.Registry.Resolve(gctx, src.local, c.Digest.String()); err == nil {
+				return nil
+			}
+			f, err := s.fetchManifest(gctx, u, src, c.Digest.String(), c.MediaType)
+			out[i] = f
+			return err
+		})
+	}
+	return out, g.Wait()
 }
 
 func (p *plan) addBlob(d v1.Descriptor) {

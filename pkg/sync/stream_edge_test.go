@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -371,5 +372,64 @@ func TestFlushWriterStatuses(t *testing.T) {
 		if resp.StatusCode != c.want || err != nil || (c.n >= 0 && len(body) != c.n) {
 			t.Errorf("%s %s=%s: %d %d bytes %v (CL %d, Content-Range %q)", c.method, c.hdr, c.val, resp.StatusCode, len(body), err, resp.ContentLength, resp.Header.Get("Content-Range"))
 		}
+	}
+}
+
+// TestIndexChildrenFetchedTogether: the platform manifests of an index are
+// fetched from upstream at the same time, not one after another, since
+// the client's answer waits for all of them. Each child GET waits until
+// another one has arrived too; fetched one by one, none ever does.
+func TestIndexChildrenFetchedTogether(t *testing.T) {
+	up := newUpstream(t, true)
+	idx, err := random.Index(256, 1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.push(t, "lib/plat:1", idx)
+	im, _ := idx.IndexManifest()
+	children := map[string]bool{}
+	for _, m := range im.Manifests {
+		children["/v2/lib/plat/manifests/"+m.Digest.String()] = true
+	}
+	var (
+		mu      gosync.Mutex
+		arrived int
+		met     = make(chan struct{})
+		alone   atomic.Bool // a child GET waited in vain for another
+	)
+	up.setFail(func(r *http.Request) (int, bool) {
+		if r.Method != http.MethodGet || !children[r.URL.Path] {
+			return 0, false
+		}
+		mu.Lock()
+		if arrived++; arrived == 2 {
+			close(met)
+		}
+		mu.Unlock()
+		select {
+		case <-met:
+		case <-time.After(10 * time.Second):
+			alone.Store(true)
+		}
+		return 0, false
+	})
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if m, err := e.s.Manifest(ctx, "lib/plat", "1", true); err != nil || m == nil {
+		t.Fatalf("Manifest = %v, %v", m, err)
+	}
+	settle(t, e.s)
+	if alone.Load() {
+		t.Error("the index's child manifests were fetched one at a time")
+	}
+	for p := range children {
+		if n := up.count("GET", p); n != 1 {
+			t.Errorf("upstream GETs of %s = %d, want 1", p, n)
+		}
+	}
+	d, _ := idx.Digest()
+	if _, err := e.reg.Resolve(ctx, "lib/plat", d.String()); err != nil {
+		t.Errorf("index not stored: %v", err)
 	}
 }
