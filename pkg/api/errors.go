@@ -103,13 +103,17 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	ev, msg := log.Debug(), "request failed"
 	switch {
 	case r.Context().Err() != nil:
-		// The client hung up (or the grace period of a shutdown is over):
-		// whatever failed then failed for that reason, and nobody reads
-		// the answer. It is logged and counted as 499, not as a failure.
+		// The client hung up or half-closed (or the grace period of a
+		// shutdown is over): whatever failed then most likely failed for
+		// that reason. A client error is still answered as such (a
+		// half-closed client reads it); a server error is the cancellation
+		// itself, logged and counted as 499, not as a failure.
 		ev, msg = log.Info(), "request abandoned by the client"
-		c := *e
-		c.Status = statusClientClosed
-		e = &c
+		if e.Status >= 500 {
+			c := *e
+			c.Status = statusClientClosed
+			e = &c
+		}
 	case e.Status >= 500:
 		ev = log.Error()
 	}
