@@ -28,6 +28,10 @@ import (
 // shutdownGrace bounds how long in-flight requests may finish on SIGTERM.
 const shutdownGrace = 30 * time.Second
 
+// stopWait bounds each wait after the grace period: for handlers cut at
+// its end, and for the collector recording pull times.
+const stopWait = 10 * time.Second
+
 func cmdServe(args []string, stderr io.Writer) error {
 	fl := newFlags("serve", "serve [CONFIG]", stderr)
 	if err := parseFlags(fl, args); err != nil {
@@ -154,10 +158,22 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	if !cfg.Storage.GCEnabled() {
 		gopts.Interval = 0 // still records pulls
 	}
+	// The collector outlives the drain of a shutdown: it stops after the
+	// last request, recording the pulls noted in memory as it does, so
+	// retention loses none of them.
+	gcCtx, stopGC := context.WithCancel(context.WithoutCancel(ctx))
 	gcDone := make(chan struct{})
 	go func() {
 		defer close(gcDone)
-		gc.New(reg, gopts).Run(ctx)
+		gc.New(reg, gopts).Run(gcCtx)
+	}()
+	defer func() {
+		stopGC()
+		select {
+		case <-gcDone:
+		case <-time.After(stopWait):
+			log.Warn().Msg("gave up waiting for pull times to be recorded")
+		}
 	}()
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr())
@@ -221,13 +237,12 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		log.Warn().Err(err).Dur("grace", shutdownGrace).Msg("requests still in flight after the grace period are cut")
 		cutRequests()
 		_ = hs.Close()
-	}
-	// The collector writes the pulls noted in memory when ctx ends; wait
-	// for it so retention does not lose them.
-	select {
-	case <-gcDone:
-	case <-sctx.Done():
-		log.Warn().Msg("gave up waiting for pull times to be recorded")
+		// Close does not wait for handlers. Cut ones return promptly, but
+		// commits run detached from their request: let them end before
+		// the stores close.
+		if !srv.Wait(stopWait) {
+			log.Warn().Dur("waited", stopWait).Msg("handlers still running as the stores close")
+		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -102,12 +103,13 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	log := zerolog.Ctx(r.Context())
 	ev, msg := log.Debug(), "request failed"
 	switch {
-	case r.Context().Err() != nil:
+	case abandoned(r, err):
 		// The client hung up or half-closed (or the grace period of a
-		// shutdown is over): whatever failed then most likely failed for
-		// that reason. A client error is still answered as such (a
-		// half-closed client reads it); a server error is the cancellation
-		// itself, logged and counted as 499, not as a failure.
+		// shutdown is over), and the work failed for that reason. A client
+		// error is still answered as such (a half-closed client reads it);
+		// a server error is the cancellation itself, logged and counted as
+		// 499, not as a failure. Any other error is what it says, even if
+		// nobody reads it: a detached commit can fail after the client left.
 		ev, msg = log.Info(), "request abandoned by the client"
 		if e.Status >= 500 {
 			c := *e
@@ -128,4 +130,10 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
 	}
+}
+
+// abandoned reports whether err is the cancellation of a request whose
+// client went away (or was cut at the end of a shutdown's grace period).
+func abandoned(r *http.Request, err error) bool {
+	return r.Context().Err() != nil && errors.Is(err, context.Canceled)
 }

@@ -20,7 +20,7 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route) e
 		missing := err != nil
 		synced, serr := s.opts.Sync.Manifest(ctx, rt.Repo, rt.Ref, missing)
 		switch {
-		case serr != nil && missing:
+		case serr != nil && (missing || abandoned(r, serr)):
 			return serr
 		case serr != nil:
 			zerolog.Ctx(ctx).Warn().Err(serr).Msg("failed to re-check tag upstream; serving the local copy")

@@ -116,6 +116,7 @@ type Server struct {
 	ready   atomic.Bool
 	mux     *http.ServeMux
 	lim     atomic.Pointer[limiter]
+	running atomic.Int64 // handlers in ServeHTTP
 }
 
 // New returns a Server for reg. It answers /readyz with 503 until SetReady.
@@ -137,6 +138,20 @@ func New(reg *registry.Registry, opts Options) *Server {
 // SetReady marks the server ready (or not) for /readyz.
 func (s *Server) SetReady(ok bool) { s.ready.Store(ok) }
 
+// Wait waits up to d for the handlers still running to return, and
+// reports whether they did. After http.Server.Close, which does not wait
+// for them, it lets commits in flight end before the stores close.
+func (s *Server) Wait(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for s.running.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if !s.ready.Load() {
 		http.Error(w, "not ready", http.StatusServiceUnavailable)
@@ -149,6 +164,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // idle timeouts on the body and the response, and panic recovery around the
 // routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.running.Add(1)
+	defer s.running.Add(-1)
 	start := time.Now()
 	lim := s.lim.Load()
 	id := requestID(r)

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/api"
+	"github.com/berthreg/berth/pkg/storage"
 )
 
 // TestUploadBusy: a session held by another request answers 409.
@@ -187,12 +188,19 @@ func wantAllow(want string) func(*testing.T, *testServer, *http.Response, []byte
 	}
 }
 
-// hangingSyncer blocks a manifest GET until the request's context ends.
-type hangingSyncer struct{ entered chan struct{} }
+// hangingSyncer blocks a manifest GET until the request's context ends,
+// then fails with err (nil: the context's error).
+type hangingSyncer struct {
+	entered chan struct{}
+	err     error
+}
 
 func (s hangingSyncer) Manifest(ctx context.Context, _, _ string, _ bool) (*api.SyncedManifest, error) {
 	close(s.entered)
 	<-ctx.Done()
+	if s.err != nil {
+		return nil, s.err
+	}
 	return nil, fmt.Errorf("sync upstream: %w", ctx.Err())
 }
 
@@ -203,17 +211,47 @@ func (hangingSyncer) Blob(context.Context, string, digest.Digest) (api.SyncedBlo
 }
 
 // TestAbandonedRequestLogged checks that a request the client gave up on
-// is logged and counted as 499 at info, not as a 500 with an error line.
+// is logged and counted as 499 at info, not as a 500 with an error line;
+// a failure of its own after the client left (not the cancellation) is
+// still logged as one.
 func TestAbandonedRequestLogged(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		ref      string
+		err      error
+		status   float64
+		errorLog bool
+	}{
+		{"cancelled", "missing", nil, 499, false},
+		{"own failure", "missing", storage.ErrUnavailable, 503, true},
+		// A tag present locally is re-checked upstream first.
+		{"re-check cancelled", "latest", nil, 499, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lines := abandonedRequestLog(t, tc.ref, tc.err)
+			access, errorLog := lines[len(lines)-1], false
+			for _, l := range lines {
+				errorLog = errorLog || l["level"] == "error" || l["level"] == "warn"
+			}
+			if access["status"] != tc.status || errorLog != tc.errorLog {
+				t.Errorf("logged status %v, error or warning %v; want %v, %v (%v)", access["status"], errorLog, tc.status, tc.errorLog, lines)
+			}
+		})
+	}
+}
+
+// abandonedRequestLog sends a manifest GET that the syncer holds until the
+// client cancels it, then fails with err; it returns the request's log
+// lines, its access log line last.
+func abandonedRequestLog(t *testing.T, ref string, err error) []map[string]any {
 	var buf syncBuffer
-	reg := prometheus.NewRegistry()
-	sy := hangingSyncer{entered: make(chan struct{})}
-	ts := newServerWith(t, api.Options{Log: zerolog.New(&buf), Metrics: reg, Sync: sy})
+	sy := hangingSyncer{entered: make(chan struct{}), err: err}
+	ts := newServerWith(t, api.Options{Log: zerolog.New(&buf), Metrics: prometheus.NewRegistry(), Sync: sy})
 	ctx, cancel := context.WithCancel(t.Context())
-	req, err := http.NewRequestWithContext(ctx, "GET", ts.URL+manifestPath("test", "missing"), nil)
-	if err != nil {
-		t.Fatal(err)
+	req, rerr := http.NewRequestWithContext(ctx, "GET", ts.URL+manifestPath("test", ref), nil)
+	if rerr != nil {
+		t.Fatal(rerr)
 	}
 	req.Header.Set("X-Request-Id", "gone-1")
 	go func() { <-sy.entered; cancel() }()
@@ -221,21 +259,48 @@ func TestAbandonedRequestLogged(t *testing.T) {
 		res.Body.Close()
 		t.Fatalf("request answered %d; want the client's own cancellation", res.StatusCode)
 	}
-	var line map[string]any
-	for deadline := time.Now().Add(5 * time.Second); line == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		var mine []map[string]any
 		for _, l := range buf.lines() {
-			if l["req_id"] == "gone-1" && l["level"] == "error" {
-				t.Errorf("abandoned request logged as an error: %v", l)
+			if l["req_id"] == "gone-1" {
+				mine = append(mine, l)
 			}
 			if l["message"] == "request" && l["req_id"] == "gone-1" {
-				line = l
+				return mine
 			}
 		}
 	}
-	if line == nil {
-		t.Fatalf("no access log line for gone-1 in %v", buf.lines())
+	t.Fatalf("no access log line for gone-1 in %v", buf.lines())
+	return nil
+}
+
+// TestServerWait checks that Wait reports handlers still running.
+func TestServerWait(t *testing.T) {
+	t.Parallel()
+	sy := hangingSyncer{entered: make(chan struct{})}
+	ts := newServerWith(t, api.Options{Log: zerolog.Nop(), Sync: sy})
+	if !ts.api.Wait(time.Second) {
+		t.Fatal("Wait with no request running = false")
 	}
-	if line["status"] != float64(499) || line["level"] != "info" {
-		t.Errorf("abandoned request logged with status %v at %v; want 499 at info (%v)", line["status"], line["level"], line)
+	ctx, cancel := context.WithCancel(t.Context())
+	req, err := http.NewRequestWithContext(ctx, "GET", ts.URL+manifestPath("test", "missing"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if res, err := ts.client.Do(req); err == nil {
+			res.Body.Close()
+		}
+	}()
+	<-sy.entered
+	if ts.api.Wait(50 * time.Millisecond) {
+		t.Error("Wait = true while a handler runs")
+	}
+	cancel()
+	<-done
+	if !ts.api.Wait(10 * time.Second) {
+		t.Error("Wait = false after the handler returned")
 	}
 }

@@ -138,7 +138,9 @@ func (s *Server) referrers(w http.ResponseWriter, r *http.Request, rt route) err
 		return err
 	}
 	if s.opts.Sync != nil {
-		if err := s.opts.Sync.Referrers(r.Context(), rt.Repo, dgst); err != nil {
+		if err := s.opts.Sync.Referrers(r.Context(), rt.Repo, dgst); abandoned(r, err) {
+			return err
+		} else if err != nil {
 			zerolog.Ctx(r.Context()).Warn().Err(err).Msg("failed to sync referrers; answering with local ones")
 		}
 	}
