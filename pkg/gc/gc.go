@@ -98,19 +98,29 @@ func (c *Collector) Run(ctx context.Context) {
 			}
 			return
 		case <-flush.C:
-			if err := c.reg.FlushPulls(ctx); err != nil {
+			// At shutdown the pulls stay queued for the flush above.
+			if err := c.reg.FlushPulls(ctx); err != nil && ctx.Err() == nil {
 				c.opts.Log.Warn().Err(err).Msg("failed to record pulls")
 			}
 		case <-passC:
 			rep, err := c.Pass(ctx, "", nil)
-			ev := c.opts.Log.Info()
-			if err != nil {
-				ev = c.opts.Log.Error().Err(err)
-			}
-			ev.Int("repos", rep.Repos).Int("removed", len(rep.Actions)).Int64("bytes", rep.Bytes).
-				Dur("dur", rep.Duration).Msg("garbage collection pass")
+			c.logPass(ctx, rep, err)
 		}
 	}
+}
+
+// logPass logs the outcome of a pass of Run. A pass cut short by shutdown
+// is not a failure: it is logged at info, without the context's error.
+func (c *Collector) logPass(ctx context.Context, rep Report, err error) {
+	ev, msg := c.opts.Log.Info(), "garbage collection pass"
+	switch {
+	case err != nil && ctx.Err() != nil:
+		msg = "garbage collection pass interrupted by shutdown"
+	case err != nil:
+		ev = c.opts.Log.Error().Err(err)
+	}
+	ev.Int("repos", rep.Repos).Int("removed", len(rep.Actions)).Int64("bytes", rep.Bytes).
+		Dur("dur", rep.Duration).Msg(msg)
 }
 
 // Pass collects every owned repository (or only the one named) once.
@@ -134,6 +144,10 @@ func (c *Collector) Pass(ctx context.Context, only string, progress io.Writer) (
 		}
 		n := len(rep.Actions)
 		if err := c.collectRepo(ctx, repo, &rep); err != nil {
+			if ctx.Err() != nil {
+				// Interrupted, not failed: the caller reports that once.
+				return rep, ctx.Err()
+			}
 			rep.Errors = append(rep.Errors, repo+": "+err.Error())
 			c.opts.Log.Warn().Err(err).Str("repo", repo).Msg("failed to collect repository")
 		}
@@ -144,6 +158,9 @@ func (c *Collector) Pass(ctx context.Context, only string, progress io.Writer) (
 		}
 	}
 	if err := c.collectUploads(ctx, only, &rep); err != nil {
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
 		rep.Errors = append(rep.Errors, "uploads: "+err.Error())
 	}
 	rep.Duration = time.Since(start)

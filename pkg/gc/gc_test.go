@@ -1,6 +1,10 @@
 package gc
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -12,6 +16,10 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/berthreg/berth/pkg/registry"
+	"github.com/berthreg/berth/pkg/storage/fs"
 )
 
 const repo = "lib/app"
@@ -602,5 +610,69 @@ func TestPassManifestAlreadyGoneFromMetadata(t *testing.T) {
 	}
 	if e.indexDigests(t, repo)[m.desc.Digest] {
 		t.Error("manifest still listed in index.json")
+	}
+}
+
+// cancelOnIndex is fs storage that cancels the collector's context when
+// index.json of repo is read: a shutdown in the middle of a pass.
+type cancelOnIndex struct {
+	*fs.Driver
+	repo   string
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnIndex) Index(ctx context.Context, repo string) ([]byte, string, error) {
+	if repo == c.repo {
+		c.cancel()
+		if err := ctx.Err(); err != nil {
+			return nil, "", err
+		}
+	}
+	return c.Driver.Index(ctx, repo)
+}
+
+// A pass interrupted by shutdown is not reported as a failure: Pass returns
+// the context's error without a repository error, and Run logs nothing at
+// warn or error level.
+func TestPassInterruptedByShutdown(t *testing.T) {
+	e := newEnv(t)
+	for _, r := range []string{"a", "b", "c"} {
+		e.push(t, r, "v1", e.image(t, r, r, nil))
+	}
+	store := &cancelOnIndex{Driver: e.store, repo: "b"}
+	reg := registry.New(store, e.md, zerolog.Nop())
+
+	ctx, cancel := context.WithCancel(t.Context())
+	store.cancel = cancel
+	var logs bytes.Buffer
+	rep, err := New(reg, Options{Log: zerolog.New(&logs)}).Pass(ctx, "", nil)
+	if !errors.Is(err, context.Canceled) || len(rep.Errors) > 0 {
+		t.Errorf("Pass = errors %q, %v; want none, context.Canceled", rep.Errors, err)
+	}
+	checkNoWarnings(t, logs.String())
+
+	ctx, cancel = context.WithCancel(t.Context())
+	store.cancel = cancel
+	logs.Reset()
+	New(reg, Options{Interval: time.Millisecond, Log: zerolog.New(&logs)}).Run(ctx)
+	checkNoWarnings(t, logs.String())
+	if !strings.Contains(logs.String(), "interrupted by shutdown") {
+		t.Errorf("Run did not log the interruption:\n%s", logs.String())
+	}
+}
+
+// checkNoWarnings fails on any zerolog JSON line above info level.
+func checkNoWarnings(t *testing.T, logs string) {
+	t.Helper()
+	for line := range strings.Lines(logs) {
+		var ev struct {
+			Level string `json:"level"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if ev.Level != "debug" && ev.Level != "info" {
+			t.Errorf("logged at %s: %s", ev.Level, line)
+		}
 	}
 }

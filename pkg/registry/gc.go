@@ -194,11 +194,21 @@ func (g *Graph) Unreachable(withOrphanReferrers bool) []*Node {
 
 // DeleteTagIf removes tag only if it still names dgst, reporting whether it
 // did: a tag pushed again meanwhile is never removed by a stale decision.
+// Cancelling ctx stops it until index.json is written; from then on the
+// metadata write completes (see commitContext).
 func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst digest.Digest) (bool, error) {
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	cctx, cancel := commitContext(ctx)
+	defer cancel()
 	errStale := errors.New("stale")
-	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
+	ver, err := r.updateIndex(cctx, repo, func(x *ociIndex) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		for _, d := range x.Manifests {
 			if tagOf(d) == tag && d.Digest == dgst {
 				x.deleteTag(tag)
@@ -213,7 +223,11 @@ func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst diges
 	if err != nil {
 		return false, err
 	}
-	return true, r.meta.DeleteTag(ctx, repo, tag, ver)
+	// ErrNotFound: another process removed the record meanwhile.
+	if err := r.meta.DeleteTag(cctx, repo, tag, ver); err != nil && !errors.Is(err, meta.ErrNotFound) {
+		return true, fmt.Errorf("forget tag %s: %w", tag, err)
+	}
+	return true, nil
 }
 
 // DeleteUnreachable removes manifest dgst only if, in the index current at
@@ -225,20 +239,31 @@ func (r *Registry) DeleteUnreachable(ctx context.Context, repo string, dgst dige
 
 // DeleteUnreachableSet removes, in one compare-and-set of index.json, the
 // manifests of want that are still unreachable in the index current at the
-// moment of writing, and returns those it removed.
+// moment of writing, and returns those it removed. Cancelling ctx stops it
+// until index.json is written; from then on the metadata writes complete
+// (see commitContext).
 func (r *Registry) DeleteUnreachableSet(ctx context.Context, repo string, want []digest.Digest, withOrphanReferrers bool) ([]digest.Digest, error) {
 	if len(want) == 0 {
 		return nil, nil
 	}
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cctx, cancel := commitContext(ctx)
+	defer cancel()
 	cache := graphCache{}
 	wanted := make(map[digest.Digest]bool, len(want))
 	for _, d := range want {
 		wanted[d] = true
 	}
 	var done []digest.Digest
-	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
+	ver, err := r.updateIndex(cctx, repo, func(x *ociIndex) error {
+		// Reading manifests is still the decision: ctx may stop it.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		g, err := r.graphOf(ctx, repo, x, "", cache, false)
 		if err != nil {
 			return err
@@ -266,11 +291,26 @@ func (r *Registry) DeleteUnreachableSet(ctx context.Context, repo string, want [
 		return nil, err
 	}
 	for _, d := range done {
-		if _, err := r.meta.DeleteManifest(ctx, repo, d.String(), ver); err != nil && !errors.Is(err, meta.ErrNotFound) {
+		if _, err := r.meta.DeleteManifest(cctx, repo, d.String(), ver); err != nil && !errors.Is(err, meta.ErrNotFound) {
 			return done, fmt.Errorf("forget manifest %s: %w", d, err)
 		}
 	}
 	return done, nil
+}
+
+// commitTimeout bounds a write that cancellation no longer stops once
+// started, such as a collector's commit (index.json, then the metadata
+// that mirrors it).
+const commitTimeout = 30 * time.Second
+
+// commitContext returns the context for a collector's commit. Like a
+// manifest push or delete (see manifests.go) the commit is not torn by
+// cancellation: a shutdown between the index.json write and the metadata
+// writes would leave tags and manifests resolving and listed although
+// index.json dropped them, until the next rebuild. Unlike a push it is
+// bounded, as nothing waits on it but the collector.
+func commitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 }
 
 // WrittenBefore reports whether something storage says was written at t

@@ -56,16 +56,21 @@ func (s *Syncer) pass(ctx context.Context, r *upstreamRegistry) {
 	log := s.log.With().Str("registry", r.label).Logger()
 	targets, err := s.targets(ctx, r)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("periodic sync stopped by shutdown")
+			return
+		}
 		log.Error().Err(err).Msg("failed to list upstream repositories; retrying at the next interval")
 		return
 	}
 	synced, failed := 0, 0
 	for _, src := range targets {
-		if ctx.Err() != nil {
-			return
-		}
 		n, err := s.syncRepo(ctx, src)
 		synced += n
+		if ctx.Err() != nil {
+			log.Info().Int("images", synced).Msg("periodic sync stopped by shutdown")
+			return
+		}
 		if err != nil {
 			failed++
 			s.logger(ctx, src).Error().Err(err).Msg("failed to sync repository; retrying at the next interval")
