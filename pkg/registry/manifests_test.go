@@ -237,3 +237,19 @@ func TestKeyedMutex(t *testing.T) {
 		}
 	}
 }
+
+// TestNoteBlobAfterClientLeft: the blob location is recorded after the
+// blob is committed, even when the request's client has gone by then.
+func TestNoteBlobAfterClientLeft(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	content := []byte("committed, then the client left")
+	d := digest.FromBytes(content)
+	e.blob(t, "noted", "x", content)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	e.reg.NoteBlob(ctx, "noted", d)
+	if got, err := e.reg.LocateBlob(t.Context(), d, ""); err != nil || got != "noted" {
+		t.Errorf("LocateBlob = %q, %v; want noted", got, err)
+	}
+}

@@ -180,9 +180,12 @@ func (r *Registry) LocateBlob(ctx context.Context, dgst digest.Digest, exclude s
 }
 
 // NoteBlob remembers that repo holds dgst when the metadata store keeps a
-// blob index (a hint for mounts without a source repository).
+// blob index (a hint for mounts without a source repository). It runs
+// after the blob is committed, so a client hanging up does not stop it.
 func (r *Registry) NoteBlob(ctx context.Context, repo string, dgst digest.Digest) {
 	if bl, ok := r.meta.(meta.BlobLocator); ok {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		defer cancel()
 		if err := bl.AddBlob(ctx, repo, dgst.String()); err != nil {
 			r.log.Warn().Err(err).Str("repo", repo).Str("digest", dgst.String()).Msg("failed to record blob location")
 		}
