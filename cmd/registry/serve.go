@@ -113,6 +113,10 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	start := time.Now()
 	st, err := reg.Rebuild(ctx, mine)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("stopped while checking metadata against storage")
+			return nil // a stop asked for, not a failure
+		}
 		return fmt.Errorf("rebuild metadata: %w", err)
 	}
 	log.Info().Int("repos", st.Repos).Int("rebuilt", st.Rebuilt).Int("dropped", st.Dropped).
@@ -180,6 +184,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr(), err)
 	}
+	defer ln.Close() // on early returns; Serve closes it otherwise
 	srv.SetLimits(api.Limits{
 		UploadsPerClient: cfg.HTTP.MaxUploadsPerClient,
 		ReadIdle:         cfg.HTTP.ReadIdleTimeout.Std(),
