@@ -57,9 +57,14 @@ type plan struct {
 	blobs     []v1.Descriptor
 	manifests []planned
 	seen      map[digest.Digest]bool
+	// ahead holds child manifests fetched before their turn to be walked
+	// (nil: present locally), shared like seen.
+	ahead map[digest.Digest]*fetched
 }
 
-func newPlan() *plan { return &plan{seen: map[digest.Digest]bool{}} }
+func newPlan() *plan {
+	return &plan{seen: map[digest.Digest]bool{}, ahead: map[digest.Digest]*fetched{}}
+}
 
 // manifestDoc is the part of a manifest or index the copy follows.
 type manifestDoc struct {
@@ -216,20 +221,20 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 	if depth > 0 {
 		s.live.addManifest(img, f)
 	}
-	var todo []v1.Descriptor
-	for _, child := range doc.Manifests {
-		if !p.seen[child.Digest] {
-			p.seen[child.Digest] = true
-			todo = append(todo, child)
-		}
-	}
-	children, err := s.fetchChildren(ctx, u, src, todo)
-	if err != nil {
+	if err := s.fetchAhead(ctx, u, src, p, doc.Manifests); err != nil {
 		return err
 	}
-	for _, cf := range children {
-		if cf == nil {
+	for _, child := range doc.Manifests {
+		// A child is marked seen only at its turn: one that a sibling
+		// names too was walked (and planned before that sibling) already.
+		if p.seen[child.Digest] {
 			continue
+		}
+		p.seen[child.Digest] = true
+		cf := p.ahead[child.Digest]
+		delete(p.ahead, child.Digest)
+		if cf == nil {
+			continue // present locally
 		}
 		if err := s.walk(ctx, u, src, cf, p, depth+1, img); err != nil {
 			return err
@@ -244,14 +249,21 @@ func (s *Syncer) walk(ctx context.Context, u *upstream, src source, f *fetched, 
 	return nil
 }
 
-// fetchChildren fetches the child manifests of an index that are missing
-// locally, a few at a time (the index is answered only once they are
-// known), in their order; nil stands for one present already.
-func (s *Syncer) fetchChildren(ctx context.Context, u *upstream, src source, children []v1.Descriptor) ([]*fetched, error) {
-	out := make([]*fetched, len(children))
+// fetchAhead fetches the children of an index that are neither walked
+// nor fetched yet, a few at a time (the index is answered only once they
+// are known), into p.ahead: nil for one present locally.
+func (s *Syncer) fetchAhead(ctx context.Context, u *upstream, src source, p *plan, children []v1.Descriptor) error {
+	var todo []v1.Descriptor
+	for _, c := range children {
+		if _, ok := p.ahead[c.Digest]; !ok && !p.seen[c.Digest] {
+			p.ahead[c.Digest] = nil
+			todo = append(todo, c)
+		}
+	}
+	out := make([]*fetched, len(todo))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(manifestWorkers)
-	for i, c := range children {
+	for i, c := range todo {
 		g.Go(func() error {
 			if _, err := s.deps.Registry.Resolve(gctx, src.local, c.Digest.String()); err == nil {
 				return nil
@@ -261,7 +273,15 @@ func (s *Syncer) fetchChildren(ctx context.Context, u *upstream, src source, chi
 			return err
 		})
 	}
-	return out, g.Wait()
+	err := g.Wait()
+	for i, c := range todo {
+		if err != nil {
+			delete(p.ahead, c.Digest) // not known to be present
+		} else {
+			p.ahead[c.Digest] = out[i]
+		}
+	}
+	return err
 }
 
 func (p *plan) addBlob(d v1.Descriptor) {
@@ -332,7 +352,7 @@ func (s *Syncer) addManifest(ctx context.Context, u *upstream, src source, ref, 
 		return nil
 	}
 	p.seen[f.digest] = true
-	sub := &plan{seen: p.seen}
+	sub := &plan{seen: p.seen, ahead: p.ahead}
 	if err := s.walk(ctx, u, src, f, sub, 0, nil); err != nil {
 		return err
 	}

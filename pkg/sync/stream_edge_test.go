@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
@@ -431,5 +433,32 @@ func TestIndexChildrenFetchedTogether(t *testing.T) {
 	d, _ := idx.Digest()
 	if _, err := e.reg.Resolve(ctx, "lib/plat", d.String()); err != nil {
 		t.Errorf("index not stored: %v", err)
+	}
+}
+
+// TestIndexSharingAChildWithANestedIndex: the top index names a nested
+// index N and a manifest M, and N names M too. M must be stored before N
+// (which the registry refuses otherwise) and the tag must arrive.
+func TestIndexSharingAChildWithANestedIndex(t *testing.T) {
+	up := newUpstream(t, true)
+	m := randomImage(t, 128, 1)
+	nested := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: m})
+	top := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: nested},
+		mutate.IndexAddendum{Add: m})
+	d := up.push(t, "lib/shared:1", top)
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if got, err := e.s.Manifest(ctx, "lib/shared", "1", true); err != nil || got == nil || got.Digest != d.String() {
+		t.Fatalf("Manifest = %v, %v; want %s", got, err, d)
+	}
+	settle(t, e.s)
+	if got, err := e.reg.Resolve(ctx, "lib/shared", "1"); err != nil || got.Digest != d.String() {
+		t.Fatalf("tag 1 after the copy: %v, %v; want %s", got, err, d)
+	}
+	md, _ := m.Digest()
+	if n := up.count("GET", "/v2/lib/shared/manifests/"+md.String()); n != 1 {
+		t.Errorf("upstream GETs of the shared child = %d, want 1", n)
 	}
 }
