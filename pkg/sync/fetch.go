@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -127,6 +128,10 @@ func (s *Syncer) copyFrom(ctx context.Context, u *upstream, src source, ref stri
 	var refs refPlan
 	if src.reg.onlySigned {
 		if refs = s.referrerPlan(ctx, u, src, top.digest, log); !refs.signed {
+			if refs.failed != nil {
+				// Upstream could not say: an outage, not an unsigned image.
+				return "", fmt.Errorf("look for the signature of %s: %w", top.digest, refs.failed)
+			}
 			return "", errUnsigned
 		}
 	}
@@ -296,6 +301,9 @@ func (p *plan) addBlob(d v1.Descriptor) {
 type refPlan struct {
 	*plan
 	signed bool
+	// failed is the first failure to look for a signature: without a
+	// signature found, it means "unknown", not "unsigned".
+	failed error
 }
 
 // cosignSuffixes are the suffixes of cosign's legacy tags for an image's
@@ -310,14 +318,17 @@ func (s *Syncer) referrerPlan(ctx context.Context, u *upstream, src source, dgst
 	rp := refPlan{plan: newPlan()}
 	descs, err := u.referrers(ctx, src.upstream, dgst)
 	if err != nil {
+		rp.failed = err
 		log.Warn().Err(err).Msg("failed to list referrers upstream")
 	}
 	for _, d := range descs {
-		if signatureTypes[d.ArtifactType] {
-			rp.signed = true
-		}
-		if err := s.addManifest(ctx, u, src, d.Digest.String(), d.MediaType, nil, rp.plan); err != nil {
+		err := s.addManifest(ctx, u, src, d.Digest.String(), d.MediaType, nil, rp.plan)
+		if err != nil {
 			log.Warn().Err(err).Str("referrer", d.Digest.String()).Msg("failed to fetch a referrer")
+		}
+		if signatureTypes[d.ArtifactType] {
+			rp.signed = rp.signed || err == nil
+			rp.failed = cmp.Or(rp.failed, err)
 		}
 	}
 	for _, suffix := range cosignSuffixes {
@@ -331,6 +342,7 @@ func (s *Syncer) referrerPlan(ctx context.Context, u *upstream, src source, dgst
 		}
 		if suffix == ".sig" {
 			rp.signed = rp.signed || (ok && err == nil)
+			rp.failed = cmp.Or(rp.failed, err)
 		}
 	}
 	return rp

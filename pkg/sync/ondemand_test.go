@@ -454,6 +454,15 @@ func TestOnlySigned(t *testing.T) {
 	rc := regConfig(up.URL)
 	rc.OnlySigned = ptr(true)
 	e := newSyncEnv(t, []config.SyncRegistry{rc}, nil)
+	// Upstream cannot say whether there is a signature: an outage (503,
+	// and the next mirror would be tried), not an unsigned image (404).
+	up.setFail(func(r *http.Request) (int, bool) {
+		return http.StatusServiceUnavailable, strings.Contains(r.URL.Path, "/referrers/") || strings.HasSuffix(r.URL.Path, ".sig")
+	})
+	if err := e.pull(t, "app", "signed", true); !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("signature lookups failing: pull = %v; want ErrUnavailable", err)
+	}
+	up.setFail(nil)
 	if err := e.pull(t, "app", "unsigned", true); err != nil || e.digest(t, "app", "unsigned") != "" {
 		t.Errorf("unsigned image synced: %v", err)
 	}
