@@ -95,6 +95,9 @@ func (s *Server) syncedBlob(w http.ResponseWriter, r *http.Request, repo string,
 		// may ignore Range).
 		r.Header.Del("Range")
 	}
+	if end, ok := rangeEnd(r.Header.Get("Range"), sb.Size()); ok {
+		sb.EndsAt(end)
+	}
 	rd := &readErr{ReadSeeker: sb}
 	fw := &flushWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
 	if err := serveBlob(fw, r, dgst, sb.Size(), time.Time{}, rd); err != nil {
@@ -184,6 +187,22 @@ func checkRange(h string, size int64) error {
 	e := newError(errcode.ErrorCodeRangeInvalid, fmt.Sprintf("range %q is outside the blob's %d bytes", h, size))
 	e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
 	return e
+}
+
+// rangeEnd is the last byte of a single "bytes=first-last" Range that
+// stops short of the end of a blob of size bytes.
+func rangeEnd(h string, size int64) (int64, bool) {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, false
+	}
+	first, last, _ := strings.Cut(strings.TrimSpace(spec), "-")
+	start, err1 := strconv.ParseInt(first, 10, 64)
+	end, err2 := strconv.ParseInt(last, 10, 64)
+	if err1 != nil || err2 != nil || start > end || end >= size-1 {
+		return 0, false
+	}
+	return end, true
 }
 
 // deleteBlob removes a blob from the repository. A manifest's content is

@@ -174,3 +174,29 @@ func TestAccepts(t *testing.T) {
 		}
 	}
 }
+
+// TestRangeEnd checks which Range headers end short of a blob's end.
+func TestRangeEnd(t *testing.T) {
+	for _, c := range []struct {
+		h    string
+		end  int64
+		want bool
+	}{
+		{"bytes=10-19", 19, true},
+		{"bytes=0-0", 0, true},
+		{"bytes=0-98", 98, true},
+		{"bytes=0-99", 0, false}, // the blob's last byte
+		{"bytes=0-500", 0, false},
+		{"bytes=10-", 0, false},
+		{"bytes=-10", 0, false},
+		{"bytes=19-10", 0, false},
+		{"bytes=0-1,5-6", 0, false},
+		{"items=0-1", 0, false},
+		{"", 0, false},
+	} {
+		end, ok := rangeEnd(c.h, 100)
+		if ok != c.want || end != c.end {
+			t.Errorf("rangeEnd(%q, 100) = %d, %v; want %d, %v", c.h, end, ok, c.end, c.want)
+		}
+	}
+}

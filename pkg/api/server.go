@@ -80,6 +80,11 @@ type SyncedBlob interface {
 	io.ReadSeekCloser
 	// Size is the blob's size.
 	Size() int64
+	// EndsAt says the response ends at byte end (a Range short of the
+	// blob's end): like the blob's last byte, that byte is held back
+	// until the digest is verified, so no complete response carries
+	// unverified bytes.
+	EndsAt(end int64)
 }
 
 // Actions a request needs on a repository (zot's names).

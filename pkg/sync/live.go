@@ -168,7 +168,7 @@ func (b *liveBlob) reader(ctx context.Context, onClose func()) *blobReader {
 		return nil
 	}
 	b.refs++
-	return &blobReader{b: b, f: b.spool, ctx: ctx, size: b.size, onClose: onClose}
+	return &blobReader{b: b, f: b.spool, ctx: ctx, size: b.size, end: b.size - 1, onClose: onClose}
 }
 
 // result is the copy's outcome once done is closed.
@@ -182,15 +182,17 @@ func (b *liveBlob) result() error {
 var errCopyFailed = errors.New("copy from upstream failed")
 
 // blobReader reads a live blob's spool: reads block until the bytes have
-// arrived, and fail when the copy does. The last byte is held back until
-// the copy has verified the digest, so a reader never gets a complete body
-// of wrong bytes. It is an io.ReadSeekCloser of the blob's final size, for
+// arrived, and fail when the copy does. The last byte of the response (of
+// the blob, or of a Range: see EndsAt) is held back until the copy has
+// verified the digest, so a reader never gets a complete body of wrong
+// bytes. It is an io.ReadSeekCloser of the blob's final size, for
 // http.ServeContent.
 type blobReader struct {
 	b       *liveBlob
 	f       *os.File // the spool, held open until Close
 	ctx     context.Context
 	size    int64
+	end     int64 // the response's last byte
 	pos     int64
 	closed  atomic.Bool
 	once    gosync.Once
@@ -199,6 +201,10 @@ type blobReader struct {
 
 // Size is the blob's size.
 func (r *blobReader) Size() int64 { return r.size }
+
+// EndsAt holds byte end, where the response ends, until the digest is
+// verified (and still the blob's last byte, for reads past end).
+func (r *blobReader) EndsAt(end int64) { r.end = min(end, r.size-1) }
 
 func (r *blobReader) Read(p []byte) (int, error) {
 	for {
@@ -220,7 +226,12 @@ func (r *blobReader) Read(p []byte) (int, error) {
 		}
 		limit := min(written, r.size)
 		if !finished {
-			limit = min(limit, r.size-1) // the last byte waits for the digest check
+			// The response's last byte waits for the digest check.
+			hold := r.size - 1
+			if r.end >= r.pos {
+				hold = min(hold, r.end)
+			}
+			limit = min(limit, hold)
 		}
 		if limit > r.pos {
 			n, err := r.f.ReadAt(p[:min(int64(len(p)), limit-r.pos)], r.pos)

@@ -315,7 +315,13 @@ func TestHeadOrShortRangeKeepsPlannedBlob(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, _ = io.Copy(io.Discard, resp.Body)
+			if mode == "Range" {
+				// The range's last byte waits for the digest check: a
+				// client taking the first ones and leaving.
+				_, _ = io.ReadFull(resp.Body, make([]byte, 99))
+			} else {
+				_, _ = io.Copy(io.Discard, resp.Body)
+			}
 			resp.Body.Close()
 			t.Logf("%s: %d", mode, resp.StatusCode)
 			time.Sleep(50 * time.Millisecond)
