@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/berthreg/berth/pkg/api"
 	"github.com/berthreg/berth/pkg/config"
+	"github.com/berthreg/berth/pkg/storage"
 )
 
 // TestMultiRangeLiveBlob: a multi-range GET of a blob in flight is
@@ -466,5 +468,49 @@ func TestIndexSharingAChildWithANestedIndex(t *testing.T) {
 	md, _ := m.Digest()
 	if n := up.count("GET", "/v2/lib/shared/manifests/"+md.String()); n != 1 {
 		t.Errorf("upstream GETs of the shared child = %d, want 1", n)
+	}
+}
+
+// TestStalledUpstreamBody: mirror 1 sends the first KiB of a layer and
+// then nothing, without closing. The download is given up after the body
+// idle timeout, and the layer comes from mirror 2.
+func TestStalledUpstreamBody(t *testing.T) {
+	up1, up2 := newUpstream(t, true), newUpstream(t, true)
+	img := randomImage(t, 64<<10, 1)
+	want := up1.push(t, "lib/app:1", img)
+	up2.push(t, "lib/app:1", img)
+	layer, _ := layerOf(t, img)
+	release := up1.holdBlob(layer.String(), 1024) // never released while the copy runs
+	defer release()
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up1.URL, up2.URL)}, func(d *Deps) { d.BodyIdle = 200 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if m, err := e.s.Manifest(ctx, "lib/app", "1", true); err != nil || m == nil {
+		t.Fatalf("Manifest = %v, %v", m, err)
+	}
+	settle(t, e.s)
+	if got := e.digest(t, "lib/app", "1"); got != want.String() {
+		t.Fatalf("tag after mirror 1 stalled: %q, want %s", got, want)
+	}
+	if n := up1.count("GET", "/v2/lib/app/blobs/"+layer.String()); n != 3 {
+		t.Errorf("GETs of the layer from the stalled mirror = %d, want 3 (1 + 2 retries)", n)
+	}
+	if n := up2.count("GET", "/v2/lib/app/blobs/"+layer.String()); n != 1 {
+		t.Errorf("GETs of the layer from mirror 2 = %d, want 1", n)
+	}
+}
+
+// TestCopyTimeoutIsUnavailable: a copy that hits its own time limit is
+// answered 503 (ErrUnavailable), not 500.
+func TestCopyTimeoutIsUnavailable(t *testing.T) {
+	up := newUpstream(t, true)
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up.URL)}, nil)
+	src, ok := e.s.onDemandSource("lib/app")
+	if !ok {
+		t.Fatal("no on-demand source")
+	}
+	err := e.s.answer(t.Context(), src, "1", fmt.Errorf("copy blob: %w", context.DeadlineExceeded))
+	if !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("answer(deadline exceeded) = %v; want ErrUnavailable", err)
 	}
 }

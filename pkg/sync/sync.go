@@ -10,6 +10,7 @@
 package sync
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -68,6 +69,9 @@ type Deps struct {
 	Transport http.RoundTripper
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
+	// BodyIdle bounds how long a read of an upstream response body may
+	// wait for data (tests); 0 means bodyIdleTimeout.
+	BodyIdle time.Duration
 }
 
 // Syncer mirrors upstream content. It implements api.Syncer; Run runs the
@@ -185,7 +189,7 @@ func (s *Syncer) newRegistry(rc config.SyncRegistry, field string, creds credent
 			continue
 		}
 		cred := creds.lookup(u)
-		client := &http.Client{Transport: rt}
+		client := &http.Client{Transport: idleTransport{base: rt, idle: cmp.Or(s.deps.BodyIdle, bodyIdleTimeout)}}
 		r.mirrors = append(r.mirrors, &upstream{
 			label:   r.label,
 			base:    &url.URL{Scheme: u.Scheme, Host: u.Host},
@@ -402,6 +406,9 @@ func (s *Syncer) answer(ctx context.Context, src source, ref string, err error) 
 		return ctx.Err()
 	case errors.Is(err, context.Canceled) && s.bg.Err() != nil:
 		return fmt.Errorf("sync %s:%s: the registry is stopping: %w", src.upstream, ref, storage.ErrUnavailable)
+	case errors.Is(err, context.DeadlineExceeded):
+		// The copy's own time limit, not the client's: upstream too slow.
+		return fmt.Errorf("sync %s:%s from %s: copy timed out: %w", src.upstream, ref, src.reg.label, storage.ErrUnavailable)
 	}
 	return err
 }

@@ -6,12 +6,14 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/berthreg/berth/pkg/config"
@@ -20,6 +22,60 @@ import (
 // responseHeaderTimeout bounds the wait for an upstream's response headers
 // (bodies stream as long as they need).
 const responseHeaderTimeout = 30 * time.Second
+
+// bodyIdleTimeout bounds how long a read of an upstream's response body
+// waits for data: a connection that stops sending without closing (a
+// stuck CDN edge) is given up, retried, then the next mirror is tried,
+// instead of holding the copy and every client joined to it.
+const bodyIdleTimeout = 60 * time.Second
+
+// idleTransport gives up a response whose body sends nothing for idle
+// while it is being read (time the reader spends elsewhere, say writing
+// to storage, does not count).
+type idleTransport struct {
+	base http.RoundTripper
+	idle time.Duration
+}
+
+func (t idleTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	b := &idleBody{ReadCloser: resp.Body, idle: t.idle, cancel: cancel}
+	b.timer = time.AfterFunc(time.Hour, func() { b.stalled.Store(true); cancel() })
+	b.timer.Stop()
+	resp.Body = b
+	return resp, nil
+}
+
+// idleBody is a response body whose reads are cut after idle without data.
+type idleBody struct {
+	io.ReadCloser
+	idle    time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+	cancel  context.CancelFunc
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.idle)
+	n, err := b.ReadCloser.Read(p)
+	b.timer.Stop()
+	if err != nil && err != io.EOF && b.stalled.Load() {
+		return n, &upstreamError{Kind: kindUnreachable, Err: fmt.Errorf("upstream sent no data for %s", b.idle)}
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.timer.Stop()
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
 
 // newTransport is the HTTP transport to one upstream registry: tlsVerify,
 // and certDir in the Docker certs.d layout (*.crt: CAs added to the system
