@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -69,34 +70,63 @@ func (h *health) record(member string, ok bool) {
 	}
 }
 
-// run checks every peer each interval until ctx ends.
-func (h *health) run(ctx context.Context, interval time.Duration, peers func() []string, client *http.Client, url func(string) string) {
+// run checks every peer each interval until ctx ends. A check may take up
+// to timeout, which may be longer than the interval: a peer is checked again
+// only once its previous check has ended, and a slow peer does not delay
+// the checks of the others.
+func (h *health) run(ctx context.Context, interval, timeout time.Duration, peers func() []string, client *http.Client, url func(string) string) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		inFlight = map[string]bool{}
+	)
+	defer wg.Wait()
 	for {
-		var wg sync.WaitGroup
 		for _, p := range peers() {
+			mu.Lock()
+			busy := inFlight[p]
+			inFlight[p] = true
+			mu.Unlock()
+			if busy {
+				continue
+			}
 			wg.Add(1)
 			go func(p string) {
 				defer wg.Done()
-				cctx, cancel := context.WithTimeout(ctx, interval)
-				defer cancel()
-				req, _ := http.NewRequestWithContext(cctx, http.MethodGet, url(p)+"/readyz", nil)
-				resp, err := client.Do(req)
-				ok := err == nil && resp.StatusCode == http.StatusOK
-				if resp != nil {
-					resp.Body.Close()
-				}
+				defer func() {
+					mu.Lock()
+					delete(inFlight, p)
+					mu.Unlock()
+				}()
+				ok := check(ctx, client, url(p)+"/readyz", timeout)
 				if ctx.Err() == nil {
 					h.record(p, ok)
 				}
 			}(p)
 		}
-		wg.Wait()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// check reports whether url answers 200 within timeout.
+func check(ctx context.Context, client *http.Client, url string, timeout time.Duration) bool {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }

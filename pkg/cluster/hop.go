@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,9 +38,6 @@ type hop struct {
 type hopSigner struct {
 	key []byte
 	now func() time.Time
-	// epoch identifies the sender's member list; it travels signed, so a
-	// receiver can tell a membership change in progress from a misroute.
-	epoch atomic.Value // string
 
 	// Nonces seen recently, in two generations rotated every 2*hopWindow:
 	// a nonce is remembered for at least the window it could be replayed in.
@@ -67,8 +63,10 @@ func (s *hopSigner) mac(method, uri, ts, nonce, from, to, fo, ring string) strin
 
 // sign returns the header value for a request forwarded by from to to.
 // Binding the destination stops a captured header being replayed to
-// another member.
-func (s *hopSigner) sign(method, uri, from, to string, failover bool) string {
+// another member. ring is the sender's membership epoch (see ringEpoch):
+// it must be the epoch of the member list the destination was chosen from,
+// so a receiver can tell a membership change in progress from a misroute.
+func (s *hopSigner) sign(method, uri, from, to string, failover bool, ring string) string {
 	var nb [12]byte
 	_, _ = rand.Read(nb[:])
 	nonce := hex.EncodeToString(nb[:])
@@ -77,7 +75,6 @@ func (s *hopSigner) sign(method, uri, from, to string, failover bool) string {
 	if failover {
 		fo = "1"
 	}
-	ring, _ := s.epoch.Load().(string)
 	if ring == "" {
 		ring = "-"
 	}

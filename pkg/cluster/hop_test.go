@@ -66,20 +66,20 @@ func TestHopRoundTrip(t *testing.T) {
 	clk := newClock(1_800_000_000)
 	sender, receiver := signerAt(testKey, clk), signerAt(testKey, clk)
 	for _, fo := range []bool{false, true} {
-		v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, fo)
+		v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, fo, "0123456789ab")
 		h, err := receiver.verify(hopMethod, hopURI, hopTo, v)
 		if err != nil {
 			t.Fatalf("verify(sign(failover=%v)) = %v", fo, err)
 		}
-		if h.From != hopFrom || h.Failover != fo {
-			t.Errorf("verify = %+v, want From %q Failover %v", h, hopFrom, fo)
+		if h.From != hopFrom || h.Failover != fo || h.Ring != "0123456789ab" {
+			t.Errorf("verify = %+v, want From %q Failover %v Ring 0123456789ab", h, hopFrom, fo)
 		}
 		if got := fieldOf(t, v, "ts"); got != "1800000000" {
 			t.Errorf("ts = %q, want the signer's clock", got)
 		}
 	}
 	// Nonces differ between signatures.
-	a, b := sender.sign("GET", "/", hopFrom, hopTo, false), sender.sign("GET", "/", hopFrom, hopTo, false)
+	a, b := sender.sign("GET", "/", hopFrom, hopTo, false, ""), sender.sign("GET", "/", hopFrom, hopTo, false, "")
 	if fieldOf(t, a, "nonce") == fieldOf(t, b, "nonce") {
 		t.Errorf("two signatures share a nonce: %q, %q", a, b)
 	}
@@ -92,7 +92,7 @@ func TestHopRoundTrip(t *testing.T) {
 func TestHopTampered(t *testing.T) {
 	clk := newClock(1_800_000_000)
 	sender := signerAt(testKey, clk)
-	v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false)
+	v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false, "")
 	sig := fieldOf(t, v, "sig")
 	flipped := "0" + sig[1:]
 	if sig[0] == '0' {
@@ -136,7 +136,7 @@ func TestHopOtherKey(t *testing.T) {
 	other := signerAt([]byte("another16bytekey"), clk)
 	receiver := signerAt(testKey, clk)
 	for _, fo := range []bool{false, true} {
-		v := other.sign(hopMethod, hopURI, hopFrom, hopTo, fo)
+		v := other.sign(hopMethod, hopURI, hopFrom, hopTo, fo, "")
 		if _, err := receiver.verify(hopMethod, hopURI, hopTo, v); !errors.Is(err, ErrHopInvalid) {
 			t.Errorf("header signed with another hashKey: verify = %v, want ErrHopInvalid", err)
 		}
@@ -150,7 +150,7 @@ func TestHopOtherKey(t *testing.T) {
 func TestHopReplay(t *testing.T) {
 	clk := newClock(1_800_000_000)
 	sender, receiver := signerAt(testKey, clk), signerAt(testKey, clk)
-	v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false)
+	v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false, "")
 	if _, err := receiver.verify(hopMethod, hopURI, hopTo, v); err != nil {
 		t.Fatalf("first verify: %v", err)
 	}
@@ -161,7 +161,7 @@ func TestHopReplay(t *testing.T) {
 		}
 	}
 	// A rejected (tampered) attempt does not burn the nonce of a genuine one.
-	w := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false)
+	w := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false, "")
 	if _, err := receiver.verify(hopMethod, hopURI, hopTo, withField(t, w, "fo", "1")); !errors.Is(err, ErrHopInvalid) {
 		t.Fatalf("tampered: %v", err)
 	}
@@ -191,7 +191,7 @@ func TestHopTimestampWindow(t *testing.T) {
 		t.Run(tc.skew.String(), func(t *testing.T) {
 			sender := signerAt(testKey, newClock(base).add(tc.skew))
 			receiver := signerAt(testKey, newClock(base))
-			v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false)
+			v := sender.sign(hopMethod, hopURI, hopFrom, hopTo, false, "")
 			_, err := receiver.verify(hopMethod, hopURI, hopTo, v)
 			switch {
 			case tc.ok && err != nil:
@@ -205,7 +205,7 @@ func TestHopTimestampWindow(t *testing.T) {
 
 func TestHopGarbage(t *testing.T) {
 	clk := newClock(1_800_000_000)
-	good := signerAt(testKey, clk).sign(hopMethod, hopURI, hopFrom, hopTo, false)
+	good := signerAt(testKey, clk).sign(hopMethod, hopURI, hopFrom, hopTo, false, "")
 	f := hopFields(t, good)
 	tests := map[string]string{
 		"empty":           "",
@@ -251,13 +251,13 @@ func TestHopNonceGenerations(t *testing.T) {
 	receiver := signerAt(testKey, clk)
 	sender := signerAt(testKey, clk)
 
-	a := sender.sign("GET", "/a", hopFrom, hopTo, false)
+	a := sender.sign("GET", "/a", hopFrom, hopTo, false, "")
 	if _, err := receiver.verify("GET", "/a", hopTo, a); err != nil {
 		t.Fatal(err)
 	}
 	// Just before the first rotation.
 	clk.set(time.Unix(base+119, 0))
-	b := sender.sign("GET", "/b", hopFrom, hopTo, false)
+	b := sender.sign("GET", "/b", hopFrom, hopTo, false, "")
 	if _, err := receiver.verify("GET", "/b", hopTo, b); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestHopNonceGenerations(t *testing.T) {
 	// After the second rotation b's nonce is forgotten, but its timestamp
 	// is out of the window, so it still cannot be used.
 	clk.set(time.Unix(base+250, 0))
-	c := sender.sign("GET", "/c", hopFrom, hopTo, false)
+	c := sender.sign("GET", "/c", hopFrom, hopTo, false, "")
 	if _, err := receiver.verify("GET", "/c", hopTo, c); err != nil {
 		t.Fatal(err)
 	}
@@ -306,12 +306,12 @@ func TestHopReplayNeverAccepted(t *testing.T) {
 			clk := newClock(base)
 			receiver := signerAt(testKey, clk)
 			// Start the rotation schedule at base.
-			warm := signerAt(testKey, clk).sign("GET", "/warm", hopFrom, hopTo, false)
+			warm := signerAt(testKey, clk).sign("GET", "/warm", hopFrom, hopTo, false, "")
 			if _, err := receiver.verify("GET", "/warm", hopTo, warm); err != nil {
 				t.Fatal(err)
 			}
 			sender := signerAt(testKey, newClock(base+first+skew))
-			v := sender.sign("GET", "/x", hopFrom, hopTo, false)
+			v := sender.sign("GET", "/x", hopFrom, hopTo, false, "")
 			clk.set(time.Unix(base+first, 0))
 			if _, err := receiver.verify("GET", "/x", hopTo, v); err != nil {
 				t.Fatalf("skew %d first %d: first use: %v", skew, first, err)
@@ -328,7 +328,7 @@ func TestHopReplayNeverAccepted(t *testing.T) {
 
 func TestHopBoundToDestination(t *testing.T) {
 	s := newHopSigner(testKey)
-	v := s.sign("GET", "/v2/a/x", hopFrom, hopTo, true)
+	v := s.sign("GET", "/v2/a/x", hopFrom, hopTo, true, "")
 	if _, err := newHopSigner(testKey).verify("GET", "/v2/a/x", "10.0.0.3:5000", v); !errors.Is(err, ErrHopInvalid) {
 		t.Fatalf("header for %s accepted by another member: %v", hopTo, err)
 	}

@@ -40,6 +40,11 @@ type Options struct {
 	Log zerolog.Logger
 	// HealthInterval is how often peers are checked (default 1s).
 	HealthInterval time.Duration
+	// HealthTimeout bounds one check of a peer's /readyz (default
+	// max(3 × HealthInterval, 2s)). It is independent of the interval: a
+	// loaded but healthy peer may answer slower than the interval. A
+	// refused connection or an error answer is a failed check at once.
+	HealthTimeout time.Duration
 	// Metrics receives the router's metrics; nil disables them.
 	Metrics *prometheus.Registry
 	// Transport, when set, replaces the pooled transport towards a member
@@ -61,9 +66,12 @@ type Router struct {
 	peerUp    *prometheus.GaugeVec
 }
 
-// view is one membership: the ring and a reverse proxy per peer.
+// view is one membership: the ring, its epoch and a reverse proxy per
+// peer, swapped as one value so that a forward picks its target and signs
+// its hop header from the same member list.
 type view struct {
 	ring    *Ring
+	epoch   string // ringEpoch of the ring's members
 	proxies map[string]*httputil.ReverseProxy
 }
 
@@ -75,12 +83,16 @@ const (
 	keyAttempt
 	keyIncoming
 	keyFailed
+	keyEpoch // the epoch of the view a forward's target was chosen from
 )
 
 // New returns a Router. Call Start to begin health checks.
 func New(opts Options) (*Router, error) {
 	if opts.HealthInterval <= 0 {
 		opts.HealthInterval = time.Second
+	}
+	if opts.HealthTimeout <= 0 {
+		opts.HealthTimeout = defaultHealthTimeout(opts.HealthInterval)
 	}
 	rt := &Router{
 		opts:   opts,
@@ -112,8 +124,14 @@ func New(opts Options) (*Router, error) {
 
 // Start runs peer health checks until ctx ends.
 func (rt *Router) Start(ctx context.Context) {
-	client := &http.Client{Transport: rt.transport("health"), Timeout: rt.opts.HealthInterval}
-	go rt.health.run(ctx, rt.opts.HealthInterval, rt.peers, client, rt.baseURL)
+	client := &http.Client{Transport: rt.transport("health"), Timeout: rt.opts.HealthTimeout}
+	go rt.health.run(ctx, rt.opts.HealthInterval, rt.opts.HealthTimeout, rt.peers, client, rt.baseURL)
+}
+
+// defaultHealthTimeout is the check timeout for interval: three intervals,
+// and never under 2s, so a slow answer from a busy peer is not a miss.
+func defaultHealthTimeout(interval time.Duration) time.Duration {
+	return max(3*interval, 2*time.Second)
 }
 
 // Update switches to a new member list (SIGHUP), keeping peer health.
@@ -131,7 +149,7 @@ func (rt *Router) Update(members []string) error {
 	if !found {
 		return fmt.Errorf("cluster: this member %s is not in the new member list", rt.opts.Self)
 	}
-	v := &view{ring: ring, proxies: map[string]*httputil.ReverseProxy{}}
+	v := &view{ring: ring, epoch: ringEpoch(members), proxies: map[string]*httputil.ReverseProxy{}}
 	old := rt.view.Load()
 	for _, m := range members {
 		if m == rt.opts.Self {
@@ -144,7 +162,6 @@ func (rt *Router) Update(members []string) error {
 		}
 	}
 	rt.view.Store(v)
-	rt.signer.epoch.Store(ringEpoch(members))
 	return nil
 }
 
@@ -155,10 +172,7 @@ func ringEpoch(members []string) string {
 }
 
 // epoch is the current member list's name.
-func (rt *Router) epoch() string {
-	e, _ := rt.signer.epoch.Load().(string)
-	return e
-}
+func (rt *Router) epoch() string { return rt.view.Load().epoch }
 
 // Ring returns the current ring.
 func (rt *Router) Ring() *Ring { return rt.view.Load().ring }
@@ -238,8 +252,9 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 			writeError(w, r, http.StatusForbidden, "DENIED", "invalid cluster hop header", 0)
 			return true
 		}
-		owner := rt.Ring().Owner(repo)
-		if owner == rt.opts.Self || h.Failover || h.Ring != rt.epoch() {
+		cur := rt.view.Load() // one snapshot: ring and epoch agree
+		owner := cur.ring.Owner(repo)
+		if owner == rt.opts.Self || h.Failover || h.Ring != cur.epoch {
 			// The owner, a chosen failover, or a sender with another member
 			// list (a resize in progress): serve. Storage and metadata are
 			// shared and writes are compare-and-set, so this is safe, and a
@@ -270,6 +285,9 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request, repo string, l
 		ctx := context.WithValue(r.Context(), keyRepo, repo)
 		ctx = context.WithValue(ctx, keyFailed, new(bool))
 		ctx = context.WithValue(ctx, keyFailover, i > 0)
+		// Proxies are shared between views: sign with this view's epoch,
+		// not whatever list is current when the request goes out.
+		ctx = context.WithValue(ctx, keyEpoch, v.epoch)
 		reqinfo.SetOwner(r.Context(), m)
 		v.proxies[m].ServeHTTP(w, r.WithContext(ctx))
 		if failed, _ := ctx.Value(keyFailed).(*bool); failed == nil || !*failed {
@@ -292,7 +310,8 @@ func (rt *Router) newProxy(member string) *httputil.ReverseProxy {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 			fo, _ := pr.In.Context().Value(keyFailover).(bool)
-			pr.Out.Header.Set(HopHeader, rt.signer.sign(pr.Out.Method, pr.Out.URL.RequestURI(), rt.opts.Self, member, fo))
+			ring, _ := pr.In.Context().Value(keyEpoch).(string)
+			pr.Out.Header.Set(HopHeader, rt.signer.sign(pr.Out.Method, pr.Out.URL.RequestURI(), rt.opts.Self, member, fo, ring))
 		},
 		Transport:     rt.transport(member),
 		FlushInterval: -1,

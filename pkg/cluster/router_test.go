@@ -78,6 +78,9 @@ func newTestCluster(t *testing.T, n int, o clusterOpts) *tcluster {
 			Self:           addr,
 			Log:            zerolog.Nop(),
 			HealthInterval: o.health,
+			// Generous: a loaded machine must never make a healthy peer
+			// miss a check; a dead peer refuses connections at once.
+			HealthTimeout: 30 * time.Second,
 		}
 		if o.wrapPeer != nil {
 			opts.Transport = func(peer string) http.RoundTripper {
@@ -411,22 +414,22 @@ func TestRouterRejectsForgedHop(t *testing.T) {
 	forged := map[string]func(to string) string{
 		"random":       func(to string) string { return "8d0e1f7a9c3b" },
 		"random v1":    func(to string) string { return "v1 ts=1 nonce=2 from=3 fo=1 ring=x sig=4" },
-		"other key":    func(to string) string { return other.sign("GET", uri, owner, to, false) },
-		"other key fo": func(to string) string { return other.sign("GET", uri, c.addrs[0], to, true) },
-		"other method": func(to string) string { return genuine.sign("DELETE", uri, owner, to, true) },
-		"other uri":    func(to string) string { return genuine.sign("GET", "/v2/other/x", owner, to, true) },
+		"other key":    func(to string) string { return other.sign("GET", uri, owner, to, false, "") },
+		"other key fo": func(to string) string { return other.sign("GET", uri, c.addrs[0], to, true, "") },
+		"other method": func(to string) string { return genuine.sign("DELETE", uri, owner, to, true, "") },
+		"other uri":    func(to string) string { return genuine.sign("GET", "/v2/other/x", owner, to, true, "") },
 		"stale": func(to string) string {
 			s := newHopSigner(c.key)
 			s.now = func() time.Time { return time.Now().Add(-5 * time.Minute) }
-			return s.sign("GET", uri, owner, to, true)
+			return s.sign("GET", uri, owner, to, true, "")
 		},
 		"future": func(to string) string {
 			s := newHopSigner(c.key)
 			s.now = func() time.Time { return time.Now().Add(5 * time.Minute) }
-			return s.sign("GET", uri, owner, to, true)
+			return s.sign("GET", uri, owner, to, true, "")
 		},
 		"tampered failover": func(to string) string {
-			return strings.Replace(genuine.sign("GET", uri, owner, to, false), "fo=0", "fo=1", 1)
+			return strings.Replace(genuine.sign("GET", uri, owner, to, false, ""), "fo=0", "fo=1", 1)
 		},
 	}
 	for name, value := range forged {
@@ -505,9 +508,9 @@ func TestRouterMisdirectedHop(t *testing.T) {
 	owner, notOwner := rank[0], rank[1]
 	uri := "/v2/" + repo + "/x"
 	signer := newHopSigner(c.key) // another member's signer: same key, own nonces
-	signer.epoch.Store(c.members[0].rt.epoch())
+	epoch := c.members[0].rt.epoch()
 
-	res := c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], notOwner, false)}})
+	res := c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], notOwner, false, epoch)}})
 	msg := expectOCIError(t, "genuine hop to a non-owner", res, http.StatusMisdirectedRequest, "UNAVAILABLE")
 	for _, want := range []string{notOwner, owner, repo} {
 		if !strings.Contains(msg, want) {
@@ -519,18 +522,18 @@ func TestRouterMisdirectedHop(t *testing.T) {
 	}
 
 	// The failover flag says the sender knows: the receiver serves.
-	res = c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], notOwner, true)}})
+	res = c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], notOwner, true, epoch)}})
 	expectServedBy(t, "failover hop to a non-owner", res, notOwner)
 
 	// A sender with another member list (a resize in progress) is served:
 	// the receiver never forwards again, and storage is shared.
 	resizing := newHopSigner(c.key)
-	resizing.epoch.Store(ringEpoch(append(append([]string(nil), c.addrs...), "127.0.0.9:1")))
-	res = c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {resizing.sign("GET", uri, rank[2], notOwner, false)}})
+	otherEpoch := ringEpoch(append(append([]string(nil), c.addrs...), "127.0.0.9:1"))
+	res = c.mustDo("GET", notOwner, uri, nil, http.Header{HopHeader: {resizing.sign("GET", uri, rank[2], notOwner, false, otherEpoch)}})
 	expectServedBy(t, "hop from a member with another member list", res, notOwner)
 
 	// A genuine hop to the owner is served there.
-	res = c.mustDo("GET", owner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], owner, false)}})
+	res = c.mustDo("GET", owner, uri, nil, http.Header{HopHeader: {signer.sign("GET", uri, rank[2], owner, false, epoch)}})
 	expectServedBy(t, "hop to the owner", res, owner)
 	if _, _, leaked := c.totals(); leaked != 0 {
 		t.Errorf("hop header reached the local handler %d times", leaked)
@@ -857,5 +860,89 @@ func TestRouterClientGone(t *testing.T) {
 	}
 	if !m.rt.health.up(owner.addr) {
 		t.Errorf("the owner was marked down because a client went away")
+	}
+}
+
+// TestRouterUpdateWhileForwarding: a member whose member list changes while
+// it forwards signs each hop with the epoch of the list it chose the target
+// from, so a receiver with either list never answers 421. Run with -race.
+func TestRouterUpdateWhileForwarding(t *testing.T) {
+	c := newTestCluster(t, 4, clusterOpts{})
+	sender := c.members[0]
+	four, three := c.addrs, c.addrs[:3]
+	ring3, err := NewRing(three, c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Repositories that the resize moves between two peers of the sender:
+	// under four members the owner is the fourth, under three another peer.
+	var repos []string
+	for _, r := range repoNames(5000) {
+		if c.ring().Owner(r) == four[3] && ring3.Owner(r) != sender.addr {
+			repos = append(repos, r)
+		}
+		if len(repos) == 50 {
+			break
+		}
+	}
+	if len(repos) == 0 {
+		t.Fatal("no repository moves between peers")
+	}
+
+	stop := make(chan struct{})
+	var updates sync.WaitGroup
+	updates.Add(1)
+	go func() {
+		defer updates.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ms := four
+			if i%2 == 0 {
+				ms = three
+			}
+			if err := sender.rt.Update(ms); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+
+	var (
+		wg                    sync.WaitGroup
+		misdirected, requests atomic.Int64
+	)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 150 {
+				r := repos[(w*150+i)%len(repos)]
+				res, err := c.do("GET", sender.addr, "/v2/"+r+"/x", nil, nil)
+				requests.Add(1)
+				if err != nil {
+					t.Errorf("GET %s: %v", r, err)
+					return
+				}
+				switch {
+				case res.status == http.StatusMisdirectedRequest:
+					misdirected.Add(1)
+				case res.status != http.StatusOK:
+					t.Errorf("GET %s during resizes: %d %q", r, res.status, res.body)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	updates.Wait()
+	if n := misdirected.Load(); n > 0 {
+		t.Errorf("%d of %d forwards answered 421 while the sender's member list changed", n, requests.Load())
+	}
+	if fwd, _, leaked := c.totals(); fwd == 0 || leaked != 0 {
+		t.Errorf("%d forwarded, hop header leaked %d times; want forwards and no leak", fwd, leaked)
 	}
 }
