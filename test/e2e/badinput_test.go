@@ -26,10 +26,13 @@ func TestBadInput(t *testing.T) {
 }
 
 // Limits of the registry under test: tight enough for the tests to reach
-// them (see the upload-limit and idle-timeout cases).
+// them (see the upload-limit and idle-timeout cases). The idle timeout
+// also bounds how long the upload-limit case may take, on a slow machine,
+// to open its second held upload, see both counted and send its probe
+// while the first one stalls.
 const (
 	badInputMaxUploads  = 2
-	badInputIdleTimeout = 2 * time.Second
+	badInputIdleTimeout = 6 * time.Second
 )
 
 func testBadInput(t *testing.T, be string) {
@@ -336,7 +339,8 @@ func testBadInput(t *testing.T, be string) {
 			conns = append(conns, rawStart(t, r.Host, "PATCH", strings.TrimPrefix(r.location(t, res), r.URL), 10, []byte("01234"), "application/octet-stream"))
 		}
 		// Wait until both are being received (and so counted) before the
-		// probe, an upload itself, can take a place.
+		// probe, an upload itself, can take a place; within half the idle
+		// timeout, leaving the rest for the probe.
 		want := fmt.Sprintf("berth_uploads_in_progress %d\n", badInputMaxUploads)
 		for deadline := time.Now().Add(badInputIdleTimeout / 2); !strings.Contains(string(r.do(t, "GET", "/metrics", nil, nil).Body), want); time.Sleep(10 * time.Millisecond) {
 			if time.Now().After(deadline) {

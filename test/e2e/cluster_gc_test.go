@@ -164,7 +164,7 @@ func cxLayoutRepos(t *testing.T, root string) []string {
 
 // TestClusterGC pushes, untags, overwrites and deletes across 15
 // repositories through every member and HAProxy while every member
-// collects (gcDelay 1s, gcInterval 2s). Once passes have run past the
+// collects (gcDelay 4s, gcInterval 2s). Once passes have run past the
 // delay, storage holds exactly the blobs of what is still referenced
 // (listed in versitygw's directory and compared with the model), the
 // index of each repository exactly the kept manifests, everything kept
@@ -174,7 +174,11 @@ func cxLayoutRepos(t *testing.T, root string) []string {
 func TestClusterGC(t *testing.T) {
 	defer timed(t)()
 	crane := tool(t, "crane")
-	c := startCluster(t, clusterOpts{LB: true, Storage: map[string]any{"gcDelay": "1s", "gcInterval": "2s"}})
+	// gcDelay bounds how long a push may take between storing a blob (or a
+	// child manifest) and the manifest that references it: a slow machine
+	// needs seconds.
+	const gcDelay = 4 * time.Second
+	c := startCluster(t, clusterOpts{LB: true, Storage: map[string]any{"gcDelay": gcDelay.String(), "gcInterval": "2s"}})
 	root := c.StorageRoot()
 	entries := c.entries()
 	work := t.TempDir()
@@ -349,7 +353,7 @@ func TestClusterGC(t *testing.T) {
 
 	// Wait out gcDelay, then for two passes on every member (the second
 	// started after the first ended, so after the mark).
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(gcDelay + 100*time.Millisecond)
 	marks := c.marks()
 	c.cxWaitPasses(t, marks, 2, 30*time.Second)
 

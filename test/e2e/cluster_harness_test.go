@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -191,7 +192,9 @@ func (r *reg) logSince(t *testing.T, offset int64) []logLine {
 }
 
 // readLog reads the JSON lines of path from offset; lines that do not
-// parse are returned as messages. It never fails a test (goroutines use it).
+// parse are returned as messages. A trailing fragment without its newline
+// is a line the live process is still writing: it is left for a later
+// read. It never fails a test (goroutines use it).
 func readLog(path string, offset int64) (out []logLine, bad []string, err error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -204,17 +207,23 @@ func readLog(path string, offset int64) (out []logLine, bad []string, err error)
 	if _, err := f.Seek(offset, io.SeekStart); err != nil {
 		return nil, nil, err
 	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
+	br := bufio.NewReaderSize(f, 1<<20)
+	for {
+		b, err := br.ReadBytes('\n')
+		if err == io.EOF {
+			return out, bad, nil // b, if any, is an unfinished line
+		}
+		if err != nil {
+			return out, bad, err
+		}
+		b = bytes.TrimSuffix(b[:len(b)-1], []byte("\r"))
 		var l logLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			bad = append(bad, fmt.Sprintf("log line is not JSON: %v: %s", err, sc.Text()))
+		if err := json.Unmarshal(b, &l); err != nil {
+			bad = append(bad, fmt.Sprintf("log line is not JSON: %v: %s", err, b))
 			continue
 		}
 		out = append(out, l)
 	}
-	return out, bad, sc.Err()
 }
 
 // reqLine is an access log line ("request" with a status) and where it

@@ -139,9 +139,10 @@ func TestClusterSyncStreams(t *testing.T) {
 	if _, err := io.ReadFull(lr.Body, head); err != nil {
 		t.Fatalf("reading the layer's first MiB while upstream holds the rest: %v", err)
 	}
+	// The proxy marks the hold just after flushing the bytes read above.
 	select {
 	case <-hold.held:
-	default:
+	case <-time.After(10 * time.Second):
 		t.Fatal("the hold proxy never held the layer")
 	}
 	for _, e := range c.entries() {
@@ -182,6 +183,10 @@ func TestClusterSyncStreams(t *testing.T) {
 	waitUntil(t, 30*time.Second, img.repo+" tagged on the cluster", func() bool {
 		return slices.Contains(cxTags(t, c.LBReg, img.repo), img.tag)
 	})
+	// The owner logs "image synced" just after storing the tag.
+	for deadline := time.Now().Add(5 * time.Second); len(c.cxSynced(t, img.repo, "ondemand")[owner]) == 0 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if s := c.cxSynced(t, img.repo, "ondemand"); len(s) != 1 || len(s[owner]) != 1 {
 		t.Errorf("\"image synced\" lines per member %v, want one on the owner %s", cxCounts(s), owner)
 	}

@@ -364,23 +364,45 @@ func TestClusterSyncPeriodic(t *testing.T) {
 	}
 
 	// Each repository synced by the owner of its local name only, once per tag.
+	owners := c.cxOwners(t, cxKeys(wantRepos))
+	skippedBy := func(m *reg, repo string) bool {
+		for _, l := range cxLogLines(t, m, "skipping a repository another member owns") {
+			if l.str("repo") == repo {
+				return true
+			}
+		}
+		return false
+	}
+	// The owner logs "image synced" just after storing a tag, and a
+	// non-owner logs its skip at its own next pass (the members' timers
+	// are offset: it may not have run one since the last push). Give both
+	// time to appear, then check.
+	logged := func() bool {
+		for repo, tags := range wantRepos {
+			if len(c.cxSynced(t, repo, "periodic")[owners[repo]]) < len(tags) {
+				return false
+			}
+			for _, m := range c.Members {
+				if m.Host != owners[repo] && !skippedBy(m, repo) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(10 * time.Second); !logged() && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+	}
 	perMember := map[string]float64{}
 	for repo, tags := range wantRepos {
-		owner := c.cxOwner(t, repo)
+		owner := owners[repo]
 		perMember[owner] += float64(len(tags))
 		s := c.cxSynced(t, repo, "periodic")
 		if len(s) != 1 || len(s[owner]) != len(tags) {
 			t.Errorf("%s: periodic \"image synced\" lines per member %v, want %d on %s, the owner of the local name", repo, cxCounts(s), len(tags), owner)
 		}
 		for _, m := range c.Members {
-			if m.Host == owner {
-				continue
-			}
-			skipped := false
-			for _, l := range cxLogLines(t, m, "skipping a repository another member owns") {
-				skipped = skipped || l.str("repo") == repo
-			}
-			if !skipped {
+			if m.Host != owner && !skippedBy(m, repo) {
 				t.Errorf("%s: %s (not its owner) logged no skip of it", repo, m.Host)
 			}
 		}
@@ -400,7 +422,11 @@ func TestClusterSyncPeriodic(t *testing.T) {
 		d, _, _ := cxHeadDigest(c.LBReg, "mirror/"+n0, "2.2")
 		return d == want["mirror/"+n0+":2.2"]
 	})
-	owner := c.cxOwner(t, "mirror/"+n0)
+	owner := owners["mirror/"+n0]
+	// Its "image synced" line follows the tag's store.
+	for deadline := time.Now().Add(5 * time.Second); len(c.cxSynced(t, "mirror/"+n0, "periodic")[owner]) < 3 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if s := c.cxSynced(t, "mirror/"+n0, "periodic"); len(s) != 1 || len(s[owner]) != 3 {
 		t.Errorf("mirror/%s after a new tag: periodic \"image synced\" lines per member %v, want 3 on %s", n0, cxCounts(s), owner)
 	}

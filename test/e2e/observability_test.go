@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -117,6 +118,13 @@ func readLogLines(t *testing.T, path string) []map[string]any {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The registry may be writing a line: leave a trailing fragment
+	// without its newline for a later read.
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		b = b[:i+1]
+	} else {
+		b = nil
 	}
 	var out []map[string]any
 	for i, l := range lines(string(b)) {
