@@ -79,6 +79,7 @@
 package dynamo
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -139,7 +140,13 @@ type Config struct {
 	// VersionTable holds the layout version (zot: versionTablename).
 	// Default "BerthVersion".
 	VersionTable string
+	// ResponseTimeout bounds the wait for DynamoDB's response headers once
+	// a request is sent (0: 30 s).
+	ResponseTimeout time.Duration
 }
+
+// defaultResponseTimeout is Config.ResponseTimeout's default.
+const defaultResponseTimeout = 30 * time.Second
 
 // withDefaults returns c with empty table names defaulted.
 func (c Config) withDefaults() Config {
@@ -191,6 +198,9 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Store, error) {
 		// burst of requests.
 		config.WithHTTPClient(awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 			t.MaxIdleConnsPerHost = 64
+			// A request that gets no answer is retried, then fails as
+			// unavailable, instead of hanging with a repository's lock held.
+			t.ResponseHeaderTimeout = cmp.Or(cfg.ResponseTimeout, defaultResponseTimeout)
 		})),
 	}
 	if cfg.Region != "" {

@@ -1,13 +1,17 @@
 package dynamo
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
@@ -329,4 +333,40 @@ func tableStatus(t *testing.T, s *Store, table string) string {
 		t.Fatalf("DescribeTable(%s): %v", table, err)
 	}
 	return string(out.Table.TableStatus)
+}
+
+// TestNewAgainstASilentServer: an endpoint that accepts connections and
+// never answers makes requests fail after ResponseTimeout (and retries)
+// instead of hanging.
+func TestNewAgainstASilentServer(t *testing.T) {
+	addr := silentServer(t)
+	cfg := Config{Endpoint: "http://" + addr, Region: "us-east-1", AccessKey: "k", SecretKey: "s",
+		ResponseTimeout: 100 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute) // a backstop, far above the retries
+	defer cancel()
+	_, err := New(ctx, cfg, zerologNop)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("New against a silent server = %v (context %v); want a timeout of its own", err, ctx.Err())
+	}
+	t.Logf("failed as expected: %v", err)
+}
+
+// silentServer accepts connections, reads what comes, and never answers.
+func silentServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -68,6 +68,7 @@
 package s3
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -135,7 +136,17 @@ type Config struct {
 	PartSize int64
 	// Redirect enables RedirectURL (presigned GETs for blobs).
 	Redirect bool
+	// ResponseTimeout bounds the wait for S3's response headers once a
+	// request is sent (0: DefaultResponseTimeout). A request that gets no
+	// answer is retried, then the operation fails as ErrUnavailable,
+	// instead of hanging with a repository's lock held.
+	ResponseTimeout time.Duration
 }
+
+// DefaultResponseTimeout is Config.ResponseTimeout's default: generous,
+// since completing a multipart upload on some servers answers only once
+// the parts are joined.
+const DefaultResponseTimeout = 2 * time.Minute
 
 var (
 	_ storage.Driver       = (*Driver)(nil)
@@ -187,6 +198,7 @@ func newDriver(ctx context.Context, cfg Config, log zerolog.Logger, backoff time
 
 	hc := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 		tr.MaxIdleConnsPerHost = 64
+		tr.ResponseHeaderTimeout = cmp.Or(cfg.ResponseTimeout, DefaultResponseTimeout)
 		if cfg.SkipVerify {
 			tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by config
 		}

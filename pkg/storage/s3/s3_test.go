@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -227,6 +228,29 @@ func TestUnavailable(t *testing.T) {
 	_, err = newDriver(context.Background(), cfg, zerolog.Nop(), 10*time.Millisecond)
 	if !errors.Is(err, ErrUnavailable) || calls.Load() != maxAttempts {
 		t.Fatalf("New against a throttling server: %v after %d requests, want ErrUnavailable after %d", err, calls.Load(), maxAttempts)
+	}
+
+	// A server that never answers: each request gives up after
+	// ResponseTimeout, and the operation fails as unavailable.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	cfg.Endpoint = "http://" + silent.Addr().String()
+	cfg.ResponseTimeout = 100 * time.Millisecond
+	if _, err = newDriver(context.Background(), cfg, zerolog.Nop(), 10*time.Millisecond); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("New against a server that never answers: %v, want ErrUnavailable", err)
 	}
 
 	// A refused request (bad credentials) is not unavailability.
