@@ -368,7 +368,7 @@ func (r *Registry) DeleteBlobs(ctx context.Context, repo string, cands []BlobCan
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
 	cache := graphCache{}
-	markAt := time.Now()
+	markAt := r.now()
 	var pending []BlobCandidate
 	_, err := r.updateIndex(ctx, repo, func(x *ociIndex) error {
 		if since, ok := x.gcMarkTime(); ok && markAt.Sub(since) <= gcMarkTTL {
@@ -414,7 +414,14 @@ func (r *Registry) DeleteBlobs(ctx context.Context, repo string, cands []BlobCan
 		}
 	}()
 	var deleted []BlobCandidate
-	for _, c := range pending {
+	for i, c := range pending {
+		if r.now().Sub(markAt) > gcMarkTTL/2 {
+			// Pushers stop honouring the mark after gcMarkTTL by their own
+			// clocks: stop well before; the rest waits for the next pass.
+			r.log.Warn().Str("repo", repo).Int("left", len(pending)-i).
+				Msg("garbage collection mark half expired; leaving the remaining blobs to the next pass")
+			break
+		}
 		info, err := r.store.Stat(ctx, repo, c.Digest)
 		if err != nil || !r.WrittenBefore(info.ModTime, olderThan) {
 			continue // gone already, or written again since it was chosen

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,5 +150,120 @@ func TestGCTwoMembersSlowManifestWrite(t *testing.T) {
 	}
 	if got, err := a.Resolve(ctx, repo, "v1"); err != nil || got.Digest != mdgst.String() {
 		t.Errorf("Resolve(v1) = %s, %v; want %s", got.Digest, err, mdgst)
+	}
+}
+
+// heldIndex is a storage driver whose first PutIndex of a repository,
+// once armed, waits until released: a push that read index.json and
+// checked its blobs is slow to write it back.
+type heldIndex struct {
+	storage.Driver
+	repo    string
+	armed   chan struct{} // closed: hold the next PutIndex of repo
+	reached chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (h *heldIndex) PutIndex(ctx context.Context, repo string, data []byte, expect string) error {
+	select {
+	case <-h.armed:
+		if repo == h.repo {
+			held := false
+			h.once.Do(func() { held = true })
+			if held {
+				close(h.reached)
+				<-h.release
+			}
+		}
+	default:
+	}
+	return h.Driver.PutIndex(ctx, repo, data, expect)
+}
+
+// TestGCTwoMembersSlowIndexWrite: member A's push read index.json (no
+// mark), found its reused blobs present, and is slow to write the index
+// back; member B meanwhile marks, deletes and unmarks those blobs, which
+// leaves index.json as it was byte for byte but for the mark's trace. A's
+// compare-and-set must fail, and the retry must refuse the push.
+func TestGCTwoMembersSlowIndexWrite(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	store, err := fs.New(filepath.Join(dir, "data"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := bolt.Open(filepath.Join(dir, "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = md.Close() })
+	const repo = "shared/app"
+	var blobs []v1.Descriptor
+	for _, b := range [][]byte{[]byte(`{"architecture":"arm64"}`), []byte("old layer")} {
+		d := digest.FromBytes(b)
+		up, err := store.NewUpload(ctx, repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Append(ctx, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Commit(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		up.Close()
+		blobs = append(blobs, v1.Descriptor{Digest: d, Size: int64(len(b))})
+	}
+	blobs[0].MediaType, blobs[1].MediaType = v1.MediaTypeImageConfig, v1.MediaTypeImageLayerGzip
+	m := v1.Manifest{MediaType: v1.MediaTypeImageManifest, Config: blobs[0], Layers: blobs[1:]}
+	m.SchemaVersion = 2
+	body, _ := json.Marshal(m)
+
+	b := registry.New(store, md, zerolog.Nop())
+	held := &heldIndex{Driver: store, repo: repo, armed: make(chan struct{}), reached: make(chan struct{}), release: make(chan struct{})}
+	a := registry.New(held, md, zerolog.Nop())
+	other := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	if _, err := b.PutManifest(ctx, repo, "other", v1.MediaTypeImageIndex, other, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond) // the blobs are older than B's gcDelay
+
+	close(held.armed)
+	type result struct {
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, err := a.PutManifest(ctx, repo, "v1", v1.MediaTypeImageManifest, body, nil)
+		done <- result{err}
+	}()
+	select {
+	case <-held.reached:
+	case r := <-done:
+		t.Fatalf("push finished before writing index.json: %v", r.err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("push never reached its index write")
+	}
+	rep, err := gc.New(b, gc.Options{Delay: time.Millisecond, Log: zerolog.Nop()}).Pass(ctx, "", nil)
+	if err != nil || len(rep.Errors) > 0 {
+		t.Fatalf("B's pass: %v %q", err, rep.Errors)
+	}
+	if len(rep.Actions) == 0 {
+		t.Fatal("B's pass removed nothing; the interleaving was not reproduced")
+	}
+	close(held.release)
+	r := <-done
+	if errors.Is(r.err, registry.ErrManifestBlob) {
+		return // refused, not acknowledged
+	}
+	if r.err != nil {
+		t.Fatalf("push: %v", r.err)
+	}
+	for _, d := range blobs {
+		if _, err := store.Stat(ctx, repo, d.Digest); err != nil {
+			t.Errorf("push acknowledged, but its blob %s is gone: %v", d.Digest, err)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/berthreg/berth/pkg/meta"
 	"github.com/berthreg/berth/pkg/meta/bolt"
+	"github.com/berthreg/berth/pkg/storage"
 )
 
 // shutdownMidCommit is a bolt store that cancels the collector's context
@@ -124,4 +126,53 @@ func checkMetaCurrent(t *testing.T, e *env, repo string) {
 func (e *env) putUntagged(t *testing.T, repo string, body []byte) v1.Descriptor {
 	t.Helper()
 	return e.put(t, repo, digest.FromBytes(body).String(), MediaTypeOCIManifest, body)
+}
+
+// slowDeletes is a store whose every blob Delete takes step of the
+// registry's clock.
+type slowDeletes struct {
+	storage.Driver
+	clock *time.Time
+	step  time.Duration
+}
+
+func (s slowDeletes) Delete(ctx context.Context, repo string, d digest.Digest) error {
+	*s.clock = s.clock.Add(s.step)
+	return s.Driver.Delete(ctx, repo, d)
+}
+
+// TestDeleteBlobsStopsBeforeTheMarkExpires: pushers stop honouring a mark
+// after gcMarkTTL, so a collector whose deletions drag on stops at half
+// of it and leaves the rest, still present, to its next pass.
+func TestDeleteBlobsStopsBeforeTheMarkExpires(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	now := time.Now().Add(time.Hour)
+	e.reg.store = slowDeletes{Driver: e.store, clock: &now, step: 2 * time.Minute}
+	e.reg.now = func() time.Time { return now }
+	var cands []BlobCandidate
+	for i := range 5 {
+		d := e.blob(t, "repo", "x", []byte{byte(i)})
+		cands = append(cands, BlobCandidate{Digest: d.Digest, Size: d.Size})
+	}
+	deleted, err := e.reg.DeleteBlobs(ctx, "repo", cands, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 min per delete: the third starts at 4 min, the fourth would at 6.
+	if len(deleted) != 3 {
+		t.Errorf("deleted %d blobs; want 3 (stopping past gcMarkTTL/2 = %s)", len(deleted), gcMarkTTL/2)
+	}
+	for _, c := range cands[len(deleted):] {
+		if _, err := e.store.Stat(ctx, "repo", c.Digest); err != nil {
+			t.Errorf("blob %s left for the next pass is gone: %v", c.Digest, err)
+		}
+	}
+	x, _, err := e.reg.readIndex(ctx, "repo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, marked := x.gcMarkTime(); marked {
+		t.Error("the mark is still set after the pass")
+	}
 }

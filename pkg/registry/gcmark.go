@@ -22,9 +22,15 @@ import (
 // compare-and-set fail, so it recomputes what is referenced. Either way no
 // acknowledged manifest refers to a deleted blob, even when two processes
 // collect or push the same repository at once.
+//
+// Clearing a mark leaves "dev.berth.gc.last" (when it was set) behind:
+// index versions are hashes of the file's bytes, so an index restored
+// byte for byte after a pass would let a push that read it before the
+// mark pass its compare-and-set after the deletions.
 const (
 	annGCPending = "dev.berth.gc.pending"
 	annGCSince   = "dev.berth.gc.since"
+	annGCLast    = "dev.berth.gc.last"
 )
 
 // gcMarkTTL is how long a mark holds. A collector that crashed leaves its
@@ -66,8 +72,12 @@ func (x *ociIndex) setGCMark(pending []digest.Digest, since time.Time) {
 	x.Annotations[annGCSince] = since.UTC().Format(time.RFC3339Nano)
 }
 
-// clearGCMark removes the mark.
+// clearGCMark removes the mark, recording its time as the last one, so
+// the index never returns to the bytes it had before the mark.
 func (x *ociIndex) clearGCMark() {
+	if since, ok := x.Annotations[annGCSince]; ok {
+		x.Annotations[annGCLast] = since
+	}
 	delete(x.Annotations, annGCPending)
 	delete(x.Annotations, annGCSince)
 	if len(x.Annotations) == 0 {

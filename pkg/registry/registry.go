@@ -10,6 +10,7 @@ import (
 	"errors"
 	"regexp"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -57,11 +58,12 @@ type Registry struct {
 	locks keyedMutex
 	pulls pullLog
 	refs  refsCache // what manifests reference, for garbage collection
+	now   func() time.Time
 }
 
 // New returns a Registry over store and md.
 func New(store storage.Driver, md meta.Store, log zerolog.Logger) *Registry {
-	return &Registry{store: store, meta: md, log: log}
+	return &Registry{store: store, meta: md, log: log, now: time.Now}
 }
 
 // Store returns the content store (blobs and uploads are used directly).
