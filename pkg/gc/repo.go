@@ -56,7 +56,7 @@ func (c *Collector) collectRepo(ctx context.Context, repo string, rep *Report) e
 				continue
 			}
 			if !c.opts.DryRun {
-				ok, err := c.reg.DeleteTagIf(ctx, repo, t.Tag, digest.Digest(t.Digest))
+				ok, err := c.reg.DeleteTagIf(ctx, repo, t.Tag, digest.Digest(t.Digest), t.PushedAt)
 				if err != nil {
 					return err
 				}

@@ -192,11 +192,13 @@ func (g *Graph) Unreachable(withOrphanReferrers bool) []*Node {
 	return out
 }
 
-// DeleteTagIf removes tag only if it still names dgst, reporting whether it
-// did: a tag pushed again meanwhile is never removed by a stale decision.
-// Cancelling ctx stops it until index.json is written; from then on the
-// metadata write completes (see commitContext).
-func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst digest.Digest) (bool, error) {
+// DeleteTagIf removes tag only if it still names dgst and the manifest was
+// not written again after pushedAt (when the decision saw it), reporting
+// whether it did: a tag pushed again meanwhile, even to the same digest
+// (which may leave index.json as it was), is never removed by a stale
+// decision. Cancelling ctx stops it until index.json is written; from then
+// on the metadata write completes (see commitContext).
+func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst digest.Digest, pushedAt time.Time) (bool, error) {
 	unlock := r.locks.lock(ctx, repo)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
@@ -211,6 +213,12 @@ func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst diges
 		}
 		for _, d := range x.Manifests {
 			if tagOf(d) == tag && d.Digest == dgst {
+				// A push writes the manifest before index.json: one that
+				// has not updated the index yet will find the tag gone
+				// and put it back.
+				if info, err := r.store.Stat(ctx, repo, dgst); err == nil && info.ModTime.After(pushedAt) {
+					return errStale
+				}
 				x.deleteTag(tag)
 				return nil
 			}

@@ -49,7 +49,7 @@ func TestDeleteTagIfShutdownMidCommit(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	reg := New(e.store, &shutdownMidCommit{Store: e.md, cancel: cancel}, zerolog.Nop())
-	ok, err := reg.DeleteTagIf(ctx, "repo", "v1", d.Digest)
+	ok, err := reg.DeleteTagIf(ctx, "repo", "v1", d.Digest, time.Now())
 	if !ok || err != nil {
 		t.Fatalf("DeleteTagIf = %v, %v; want true, nil", ok, err)
 	}
@@ -94,7 +94,7 @@ func TestGCDeletesCancelledBeforeCommit(t *testing.T) {
 	_, before := storedIndex(t, e.store, "repo")
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if ok, err := e.reg.DeleteTagIf(ctx, "repo", "v1", tagged.Digest); ok || !errors.Is(err, context.Canceled) {
+	if ok, err := e.reg.DeleteTagIf(ctx, "repo", "v1", tagged.Digest, time.Now()); ok || !errors.Is(err, context.Canceled) {
 		t.Errorf("DeleteTagIf(cancelled) = %v, %v; want false, context.Canceled", ok, err)
 	}
 	if done, err := e.reg.DeleteUnreachableSet(ctx, "repo", []digest.Digest{loose.Digest}, false); len(done) != 0 || !errors.Is(err, context.Canceled) {
@@ -174,5 +174,31 @@ func TestDeleteBlobsStopsBeforeTheMarkExpires(t *testing.T) {
 	}
 	if _, marked := x.gcMarkTime(); marked {
 		t.Error("the mark is still set after the pass")
+	}
+}
+
+// TestDeleteTagIfAfterRepush: retention decided to drop v1 when its
+// manifest was last written at seen; the client then pushed v1 to the
+// same manifest again (index.json may not change at all). The tag stays.
+func TestDeleteTagIfAfterRepush(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	body := e.image(t, "repo", "one", nil)
+	d := e.put(t, "repo", "v1", MediaTypeOCIManifest, body)
+	info, err := e.store.Stat(ctx, "repo", d.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := info.ModTime.Add(-time.Second) // the decision predates the push
+	if ok, err := e.reg.DeleteTagIf(ctx, "repo", "v1", d.Digest, seen); ok || err != nil {
+		t.Errorf("DeleteTagIf of a tag pushed again after the decision = %v, %v; want false, nil", ok, err)
+	}
+	if m, err := e.reg.Resolve(ctx, "repo", "v1"); err != nil || m.Digest != d.Digest.String() {
+		t.Errorf("v1 after the stale decision: %v, %v", m.Digest, err)
+	}
+	// The decision made after the last push goes through.
+	if ok, err := e.reg.DeleteTagIf(ctx, "repo", "v1", d.Digest, info.ModTime); !ok || err != nil {
+		t.Errorf("DeleteTagIf with the current push time = %v, %v; want true, nil", ok, err)
 	}
 }
