@@ -235,6 +235,7 @@ func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst diges
 	if err := r.meta.DeleteTag(cctx, repo, tag, ver); err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return true, fmt.Errorf("forget tag %s: %w", tag, err)
 	}
+	r.settle(cctx, repo, ver)
 	return true, nil
 }
 
@@ -303,6 +304,7 @@ func (r *Registry) DeleteUnreachableSet(ctx context.Context, repo string, want [
 			return done, fmt.Errorf("forget manifest %s: %w", d, err)
 		}
 	}
+	r.settle(cctx, repo, ver)
 	return done, nil
 }
 

@@ -119,6 +119,7 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 	if err := r.meta.PutManifest(ctx, repo, m, tags, ver); err != nil {
 		return PutResult{}, fmt.Errorf("record manifest %s: %w", dgst, err)
 	}
+	r.settle(ctx, repo, ver)
 	return PutResult{Digest: dgst, Subject: p.subject, Tags: tags}, nil
 }
 
@@ -171,17 +172,22 @@ func (r *Registry) DeleteManifest(ctx context.Context, repo, ref string) error {
 		if err != nil {
 			return err
 		}
-		return r.meta.DeleteTag(ctx, repo, tag, ver)
+		if err := r.meta.DeleteTag(ctx, repo, tag, ver); err != nil {
+			return err
+		}
+		r.settle(ctx, repo, ver)
+		return nil
 	}
 	ver, err := r.updateIndex(ctx, repo, func(x *ociIndex) error { x.deleteManifest(dgst); return nil })
 	if err != nil {
 		return err
 	}
-	_, err = r.meta.DeleteManifest(ctx, repo, dgst.String(), ver)
-	if errors.Is(err, meta.ErrNotFound) {
-		return nil // another process removed the record meanwhile
+	// ErrNotFound: another process removed the record meanwhile.
+	if _, err = r.meta.DeleteManifest(ctx, repo, dgst.String(), ver); err != nil && !errors.Is(err, meta.ErrNotFound) {
+		return err
 	}
-	return err
+	r.settle(ctx, repo, ver)
+	return nil
 }
 
 // Tags lists repo's tags after last, at most n (n<0: all).

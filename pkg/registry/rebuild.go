@@ -79,7 +79,16 @@ func (r *Registry) RebuildRepo(ctx context.Context, repo string) (bool, error) {
 	if have == ver && err == nil {
 		return false, nil
 	}
-	rec := meta.Repo{Name: repo, Version: ver, Tags: map[string]string{}}
+	if err := r.replaceMeta(ctx, repo, idx); err != nil {
+		return false, err
+	}
+	r.settle(ctx, repo, ver)
+	return true, nil
+}
+
+// replaceMeta replaces repo's metadata with what idx lists.
+func (r *Registry) replaceMeta(ctx context.Context, repo string, idx *ociIndex) error {
+	rec := meta.Repo{Name: repo, Version: contentVersion(idx), Tags: map[string]string{}}
 	readable := map[digest.Digest]bool{}
 	for _, d := range idx.Manifests {
 		ok, seen := readable[d.Digest]
@@ -98,10 +107,38 @@ func (r *Registry) RebuildRepo(ctx context.Context, repo string) (bool, error) {
 		}
 	}
 	if err := r.meta.ReplaceRepo(ctx, rec); err != nil {
-		return false, fmt.Errorf("replace metadata of %s: %w", repo, err)
+		return fmt.Errorf("replace metadata of %s: %w", repo, err)
 	}
 	r.log.Info().Str("repo", repo).Int("manifests", len(rec.Manifests)).Int("tags", len(rec.Tags)).Msg("rebuilt repository metadata")
-	return true, nil
+	return nil
+}
+
+// settle runs, with repo's lock held, after a metadata write made for
+// index version ver. Writers on one member take turns by that lock, but
+// while the membership changes two members may write one repository: a
+// metadata write that lands after another member's newer one would leave
+// metadata describing an older index, and a later write would stamp it
+// with a current version, hiding it from rebuilds. Every writer therefore
+// checks, after its own write, that index.json has not moved on, and if
+// it has rebuilds the metadata from it (and checks again).
+func (r *Registry) settle(ctx context.Context, repo, ver string) {
+	for range maxIndexRetries {
+		idx, _, err := r.readIndex(ctx, repo)
+		if err != nil {
+			r.log.Warn().Err(err).Str("repo", repo).Msg("cannot check metadata against index.json after a write")
+			return
+		}
+		cur := contentVersion(idx)
+		if cur == ver {
+			return
+		}
+		r.log.Info().Str("repo", repo).Msg("index.json changed during a metadata write; rebuilding the repository's metadata")
+		if err := r.replaceMeta(ctx, repo, idx); err != nil {
+			r.log.Warn().Err(err).Str("repo", repo).Msg("failed to rebuild metadata; the next collection or restart retries")
+			return
+		}
+		ver = cur
+	}
 }
 
 // deriveManifest reads and parses a stored manifest into its record.

@@ -7,11 +7,14 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rs/zerolog"
 
 	"github.com/berthreg/berth/pkg/meta"
+	"github.com/berthreg/berth/pkg/meta/bolt"
 )
 
 // repoSnapshot is everything metadata answers about a repository.
@@ -305,4 +308,64 @@ func TestRebuildMine(t *testing.T) {
 	if err != nil || st != (RebuildStats{Repos: 2, Rebuilt: 1, Dropped: 1}) {
 		t.Errorf("Rebuild(all) = %+v, %v; want b/c rebuilt and ghost dropped", st, err)
 	}
+}
+
+// heldMetaPut is a bolt store whose PutManifest of one digest waits until
+// released: a member whose metadata write is slow while another member
+// writes the same repository (a membership change in progress).
+type heldMetaPut struct {
+	*bolt.Store
+	dgst    string
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (h *heldMetaPut) PutManifest(ctx context.Context, repo string, m meta.Manifest, tags []string, version string) error {
+	if m.Digest == h.dgst {
+		close(h.reached)
+		<-h.release
+	}
+	return h.Store.PutManifest(ctx, repo, m, tags, version)
+}
+
+// TestLateMetadataWriteSettled: member A tags v1 -> M1 and stalls before
+// its metadata write; member B moves v1 -> M2 and records it; A's write
+// lands last. A's push then sees index.json moved on and rebuilds the
+// metadata, so v1 resolves to M2, as index.json says, and a later push
+// (stamping a current version) cannot hide the difference.
+func TestLateMetadataWriteSettled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	m1 := e.image(t, "repo", "one", nil)
+	m2 := e.image(t, "repo", "two", nil)
+	held := &heldMetaPut{Store: e.md, dgst: digest.FromBytes(m1).String(), reached: make(chan struct{}), release: make(chan struct{})}
+	a := New(e.store, held, zerolog.Nop())
+	b := New(e.store, e.md, zerolog.Nop()) // another process: its own locks
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.PutManifest(ctx, "repo", "v1", MediaTypeOCIManifest, m1, nil)
+		done <- err
+	}()
+	select {
+	case <-held.reached:
+	case err := <-done:
+		t.Fatalf("A's push ended before its metadata write: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("A's push never reached its metadata write")
+	}
+	if _, err := b.PutManifest(ctx, "repo", "v1", MediaTypeOCIManifest, m2, nil); err != nil {
+		t.Fatal(err)
+	}
+	close(held.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// A later push on A stamps the then current version.
+	e.put(t, "repo", "v2", MediaTypeOCIManifest, e.image(t, "repo", "three", nil))
+	got, err := e.md.Tag(ctx, "repo", "v1")
+	if want := digest.FromBytes(m2).String(); err != nil || got.Digest != want {
+		t.Errorf("v1 in metadata = %s, %v; index.json says %s", got.Digest, err, want)
+	}
+	checkMetaCurrent(t, e, "repo")
 }
