@@ -7,10 +7,13 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berthreg/berth/pkg/storage"
 )
 
-// Media types the registry understands structurally. Other manifest media
-// types are stored as opaque JSON documents.
+// Media types of the manifests the registry accepts: image manifests and
+// indexes, OCI and Docker schema 2. Any other media type is refused on
+// push.
 const (
 	MediaTypeOCIManifest    = v1.MediaTypeImageManifest
 	MediaTypeOCIIndex       = v1.MediaTypeImageIndex
@@ -69,10 +72,24 @@ func nonDistributable(mediaType string) bool {
 // implies.
 func ManifestMediaType(contentType string, body []byte) (string, error) {
 	p, err := parseManifest(contentType, body)
+	if err == nil {
+		err = p.pushable()
+	}
 	if err != nil {
 		return "", err
 	}
 	return p.mediaType, nil
+}
+
+// pushable refuses what a client may not push: any media type but image
+// manifests and indexes. It is checked on the way in only: stored content
+// is parsed as it is (rebuild, collection), so a document an earlier
+// version accepted stays readable.
+func (p *parsedManifest) pushable() error {
+	if !isImage(p.mediaType) && !isIndex(p.mediaType) {
+		return fmt.Errorf("%w: media type %q is not a manifest or index media type", ErrManifestInvalid, p.mediaType)
+	}
+	return nil
 }
 
 // parseManifest validates body sent with Content-Type contentType.
@@ -134,6 +151,9 @@ func parseManifest(contentType string, body []byte) (*parsedManifest, error) {
 	for _, d := range append(append([]v1.Descriptor{}, p.blobs...), p.children...) {
 		if err := d.Digest.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: descriptor digest %q: %v", ErrManifestInvalid, d.Digest, err)
+		}
+		if !storage.SupportedAlgorithm(d.Digest.Algorithm()) {
+			return nil, fmt.Errorf("%w: descriptor digest %s: algorithm %s is not supported", ErrManifestInvalid, d.Digest, d.Digest.Algorithm())
 		}
 		if d.Size < 0 {
 			return nil, fmt.Errorf("%w: descriptor %s has a negative size", ErrManifestInvalid, d.Digest)

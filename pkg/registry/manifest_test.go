@@ -73,8 +73,15 @@ func TestParseManifest(t *testing.T) {
 			mediaType: MediaTypeOCIIndex, children: []v1.Descriptor{child}},
 		{name: "Docker manifest list", contentType: MediaTypeDockerList, body: string(indexJSON(MediaTypeDockerList, child)),
 			mediaType: MediaTypeDockerList, children: []v1.Descriptor{child}},
-		{name: "opaque media type", contentType: "application/vnd.example.thing+json", body: `{"anything":[1,2,3]}`,
-			mediaType: "application/vnd.example.thing+json"},
+		{name: "unknown media type", contentType: "application/vnd.example.thing+json", body: `{"anything":[1,2,3]}`,
+			wantErr: ErrManifestInvalid},
+		{name: "octet-stream", contentType: "application/octet-stream",
+			body: string(manifestJSON("", cfg, []v1.Descriptor{l1}, nil, "")), wantErr: ErrManifestInvalid},
+		{name: "config media type", contentType: v1.MediaTypeImageConfig, body: `{"architecture":"amd64","os":"linux"}`,
+			wantErr: ErrManifestInvalid},
+		{name: "unknown mediaType field without Content-Type", contentType: "",
+			body: `{"schemaVersion":2,"mediaType":"application/vnd.example.thing+json"}`, wantErr: ErrManifestInvalid},
+		{name: "blank Content-Type", contentType: " ", body: `{}`, wantErr: ErrManifestInvalid},
 
 		{name: "schema 1 signed", contentType: mediaTypeDockerSigned, body: `{"schemaVersion":1,"name":"a","tag":"b","fsLayers":[]}`,
 			wantErr: ErrManifestInvalid},
@@ -105,6 +112,15 @@ func TestParseManifest(t *testing.T) {
 			body: string(manifestJSON(MediaTypeOCIManifest, cfg, []v1.Descriptor{bad(l1, digest.Digest("sha256:"+strings.Repeat("g", 64)))}, nil, "")), wantErr: ErrManifestInvalid},
 		{name: "unknown layer digest algorithm", contentType: MediaTypeOCIManifest,
 			body: string(manifestJSON(MediaTypeOCIManifest, cfg, []v1.Descriptor{bad(l1, digest.Digest("md5:"+strings.Repeat("0", 32)))}, nil, "")), wantErr: ErrManifestInvalid},
+		{name: "sha384 layer digest", contentType: MediaTypeOCIManifest,
+			body: string(manifestJSON(MediaTypeOCIManifest, cfg, []v1.Descriptor{bad(l1, digest.SHA384.FromString("l1"))}, nil, "")), wantErr: ErrManifestInvalid},
+		{name: "sha384 config digest", contentType: MediaTypeDockerManifest,
+			body: string(manifestJSON(MediaTypeDockerManifest, bad(cfg, digest.SHA384.FromString("cfg")), nil, nil, "")), wantErr: ErrManifestInvalid},
+		{name: "sha384 child digest", contentType: MediaTypeOCIIndex,
+			body: string(indexJSON(MediaTypeOCIIndex, bad(child, digest.SHA384.FromString("child")))), wantErr: ErrManifestInvalid},
+		{name: "sha512 layer digest", contentType: MediaTypeOCIManifest,
+			body:      string(manifestJSON(MediaTypeOCIManifest, cfg, []v1.Descriptor{bad(l1, digest.SHA512.FromString("l1"))}, nil, "")),
+			mediaType: MediaTypeOCIManifest, artifactType: v1.MediaTypeImageConfig, blobs: []v1.Descriptor{cfg, bad(l1, digest.SHA512.FromString("l1"))}},
 		{name: "negative layer size", contentType: MediaTypeOCIManifest,
 			body: string(manifestJSON(MediaTypeOCIManifest, cfg, []v1.Descriptor{neg}, nil, "")), wantErr: ErrManifestInvalid},
 		{name: "bad child digest", contentType: MediaTypeOCIIndex,
@@ -117,6 +133,9 @@ func TestParseManifest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			p, err := parseManifest(tt.contentType, []byte(tt.body))
+			if err == nil {
+				err = p.pushable()
+			}
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("parseManifest: %v, want %v", err, tt.wantErr)
@@ -214,5 +233,45 @@ func TestParseImageAsIndex(t *testing.T) {
 		if _, err := parseManifest(mt, body); !errors.Is(err, ErrManifestInvalid) {
 			t.Errorf("image manifest sent as %s: err = %v, want ErrManifestInvalid", mt, err)
 		}
+	}
+}
+
+// ManifestMediaType settles the media type of what sync fetches: the four
+// manifest types, given or implied by the document; anything else is refused.
+func TestManifestMediaType(t *testing.T) {
+	t.Parallel()
+	cfg := v1.Descriptor{MediaType: v1.MediaTypeImageConfig, Digest: digest.FromString("cfg"), Size: 3}
+	child := v1.Descriptor{MediaType: MediaTypeOCIManifest, Digest: digest.FromString("child"), Size: 100}
+	for _, tt := range []struct {
+		contentType, body, want string
+	}{
+		{MediaTypeOCIManifest, string(manifestJSON(MediaTypeOCIManifest, cfg, nil, nil, "")), MediaTypeOCIManifest},
+		{"", string(manifestJSON(MediaTypeOCIManifest, cfg, nil, nil, "")), MediaTypeOCIManifest},
+		{"", string(manifestJSON("", cfg, nil, nil, "")), MediaTypeOCIManifest},
+		{MediaTypeDockerManifest, string(manifestJSON(MediaTypeDockerManifest, cfg, nil, nil, "")), MediaTypeDockerManifest},
+		{"", string(manifestJSON(MediaTypeDockerManifest, cfg, nil, nil, "")), MediaTypeDockerManifest},
+		{MediaTypeOCIIndex, string(indexJSON(MediaTypeOCIIndex, child)), MediaTypeOCIIndex},
+		{"", string(indexJSON("", child)), MediaTypeOCIIndex},
+		{MediaTypeDockerList + "; charset=utf-8", string(indexJSON(MediaTypeDockerList, child)), MediaTypeDockerList},
+		{"", string(indexJSON(MediaTypeDockerList, child)), MediaTypeDockerList},
+		{"application/vnd.example+json", `{"schemaVersion":2}`, ""},
+		{"", `{"schemaVersion":2,"mediaType":"application/vnd.example+json"}`, ""},
+	} {
+		got, err := ManifestMediaType(tt.contentType, []byte(tt.body))
+		if got != tt.want || (tt.want == "") != errors.Is(err, ErrManifestInvalid) {
+			t.Errorf("ManifestMediaType(%q, %.80s) = %q, %v; want %q", tt.contentType, tt.body, got, err, tt.want)
+		}
+	}
+}
+
+// TestStoredOpaqueManifestStaysReadable: a manifest of a media type that
+// is no longer accepted on push, stored by an earlier version, still
+// parses for rebuilds and collections.
+func TestStoredOpaqueManifestStaysReadable(t *testing.T) {
+	if _, err := parseManifest("application/vnd.example.thing+json", []byte(`{"schemaVersion":2}`)); err != nil {
+		t.Errorf("parsing a stored opaque manifest: %v", err)
+	}
+	if _, err := ManifestMediaType("application/vnd.example.thing+json", []byte(`{"schemaVersion":2}`)); !errors.Is(err, ErrManifestInvalid) {
+		t.Errorf("pushing it: %v, want ErrManifestInvalid", err)
 	}
 }

@@ -68,6 +68,9 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 		return PutResult{}, fmt.Errorf("%w: content digest %s does not match %s", ErrDigestInvalid, dgst, refDigest)
 	}
 	p, err := parseManifest(contentType, body)
+	if err == nil {
+		err = p.pushable()
+	}
 	if err != nil {
 		return PutResult{}, err
 	}
