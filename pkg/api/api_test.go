@@ -29,8 +29,12 @@ func TestCallsBase(t *testing.T) {
 					t.Errorf("X-Request-Id = %q", id)
 				}
 			}},
-		{name: "unknown endpoint", method: "GET", path: "/v2/test/foo", status: 400, code: "NAME_INVALID", wantHeader: api},
-		{name: "unknown endpoint HEAD", method: "HEAD", path: "/v2/test/foo/bar", status: 400},
+		{name: "unknown endpoint", method: "GET", path: "/v2/test/foo", status: 404, code: "UNSUPPORTED", wantHeader: api},
+		{name: "unknown endpoint of a repository", method: "GET", path: "/v2/test/unknown", status: 404, code: "UNSUPPORTED"},
+		{name: "unknown endpoint HEAD", method: "HEAD", path: "/v2/test/foo/bar", status: 404},
+		{name: "unknown endpoint PUT", method: "PUT", path: "/v2/test/blobs", body: layerData, status: 404, code: "UNSUPPORTED"},
+		{name: "unknown endpoint with invalid name", method: "GET", path: "/v2/Test/foo", status: 404, code: "UNSUPPORTED"},
+		{name: "unknown endpoint with dot segments", method: "GET", path: "/v2/test/blobs/sha256:../../x", status: 400, code: "NAME_INVALID"},
 	})
 }
 
@@ -55,6 +59,29 @@ func TestCallsBlobs(t *testing.T) {
 			wantBody: layerData[n-3:]},
 		{name: "GET unsatisfiable range", method: "GET", path: layer, header: h("Range", "bytes=1000-2000"), status: 416,
 			wantHeader: h("Content-Range", fmt.Sprintf("bytes */%d", n))},
+		// RFC 9110: a malformed Range is ignored; one that selects no byte
+		// is 416 (a reversed one too, as the OCI conformance suite wants).
+		{name: "GET reversed range", method: "GET", path: layer, header: h("Range", "bytes=5-2"), status: 416, code: "RANGE_INVALID",
+			wantHeader: h("Content-Range", fmt.Sprintf("bytes */%d", n))},
+		{name: "GET reversed among ranges", method: "GET", path: layer, header: h("Range", "bytes=5-2,0-4"), status: 206,
+			wantBody: layerData[:5], wantHeader: h("Content-Range", fmt.Sprintf("bytes 0-4/%d", n))},
+		{name: "GET malformed range", method: "GET", path: layer, header: h("Range", "bytes=abc"), status: 200,
+			wantBody: layerData, wantHeader: h("Content-Range", "-")},
+		{name: "GET signed range", method: "GET", path: layer, header: h("Range", "bytes=+1-4"), status: 200, wantBody: layerData},
+		{name: "GET range of another unit", method: "GET", path: layer, header: h("Range", "items=0-4"), status: 200, wantBody: layerData},
+		{name: "GET range unit in capitals", method: "GET", path: layer, header: h("Range", "Bytes=0-4"), status: 206, wantBody: layerData[:5]},
+		{name: "GET empty suffix range", method: "GET", path: layer, header: h("Range", "bytes=-0"), status: 416, code: "RANGE_INVALID",
+			wantHeader: h("Content-Range", fmt.Sprintf("bytes */%d", n))},
+		{name: "GET empty suffix among ranges", method: "GET", path: layer, header: h("Range", "bytes=-0, 0-4"), status: 206,
+			wantBody: layerData[:5], wantHeader: h("Content-Range", fmt.Sprintf("bytes 0-4/%d", n))},
+		{name: "GET unsatisfiable among ranges", method: "GET", path: layer, header: h("Range", fmt.Sprintf("bytes=%d-,2-3", n)), status: 206,
+			wantBody: layerData[2:4], wantHeader: h("Content-Range", fmt.Sprintf("bytes 2-3/%d", n))},
+		{name: "GET unsatisfiable ranges", method: "GET", path: layer, header: h("Range", fmt.Sprintf("bytes=%d-, -0", n)), status: 416,
+			code: "RANGE_INVALID", wantHeader: h("Content-Range", fmt.Sprintf("bytes */%d", n))},
+		{name: "GET range with matching If-Range", method: "GET", path: layer, header: h("Range", "bytes=0-4", "If-Range", etag), status: 206,
+			wantBody: layerData[:5]},
+		{name: "GET unsatisfiable range with other If-Range", method: "GET", path: layer,
+			header: h("Range", "bytes=1000-2000", "If-Range", `"sha256:other"`), status: 200, wantBody: layerData},
 		{name: "GET If-None-Match", method: "GET", path: layer, header: h("If-None-Match", etag), status: 304,
 			wantBody: []byte{}},
 		{name: "GET If-None-Match other", method: "GET", path: layer, header: h("If-None-Match", `"sha256:other"`),

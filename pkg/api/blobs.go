@@ -150,9 +150,10 @@ func (r *readErr) Read(p []byte) (int, error) {
 
 // serveBlob answers a blob GET (with Range support) or HEAD from content.
 func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64, modTime time.Time, content io.ReadSeeker) error {
+	etag := `"` + dgst.String() + `"`
 	h := w.Header()
 	h.Set("Docker-Content-Digest", dgst.String())
-	h.Set("ETag", `"`+dgst.String()+`"`)
+	h.Set("ETag", etag)
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Cache-Control", "max-age=31536000")
@@ -161,32 +162,101 @@ func serveBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size 
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	if err := checkRange(r.Header.Get("Range"), size); err != nil {
-		return err
+	if rg := r.Header.Get("Range"); rg != "" {
+		spec, err := checkRange(rg, r.Header.Get("If-Range"), etag, modTime, size)
+		if err != nil {
+			return err
+		}
+		if spec == "" {
+			r.Header.Del("Range")
+		} else {
+			r.Header.Set("Range", spec)
+		}
 	}
 	// ServeContent handles Range (206) and If-None-Match on the ETag.
 	http.ServeContent(w, r, "", modTime, content)
 	return nil
 }
 
-// checkRange answers 416 with the OCI error body when no range of a
-// "bytes=" Range header overlaps a blob of size bytes (ServeContent would
-// answer in plain text).
-func checkRange(h string, size int64) error {
-	spec, ok := strings.CutPrefix(h, "bytes=")
-	if !ok {
-		return nil
+// checkRange settles the Range header h of a GET of a blob of size bytes
+// for ServeContent, which answers a malformed or unsatisfiable one in
+// plain text and a zero-length suffix ("bytes=-0") with an empty 206. It
+// returns the Range to serve: "" to serve the whole blob, as RFC 9110
+// says for a Range that is malformed, of another unit, overridden by
+// If-Range, or on an empty blob; else the satisfiable ranges of h. When no
+// range is satisfiable (past the end, reversed, an empty suffix) it
+// answers 416 with the OCI error body and Content-Range "bytes */size".
+func checkRange(h, ifRange, etag string, modTime time.Time, size int64) (string, error) {
+	unit, spec, ok := strings.Cut(h, "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") || !ifRangeHolds(ifRange, etag, modTime) {
+		return "", nil
 	}
+	var keep []string
+	asked := false
 	for _, part := range strings.Split(spec, ",") {
-		first, _, _ := strings.Cut(strings.TrimSpace(part), "-")
-		start, err := strconv.ParseInt(first, 10, 64)
-		if first == "" || err != nil || start < size {
-			return nil // a suffix range, malformed (ServeContent decides) or satisfiable
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue // as ServeContent does
+		}
+		first, last, ok := strings.Cut(part, "-")
+		first, last = strings.TrimSpace(first), strings.TrimSpace(last)
+		if !ok {
+			return "", nil
+		}
+		asked = true
+		if first == "" { // suffix-range: the last n bytes
+			n, err := parseOffset(last)
+			if err != nil {
+				return "", nil
+			}
+			if n > 0 {
+				keep = append(keep, "-"+last)
+			}
+			continue
+		}
+		start, err := parseOffset(first)
+		if err != nil {
+			return "", nil
+		}
+		end := int64(-1)
+		if last != "" {
+			if end, err = parseOffset(last); err != nil {
+				return "", nil
+			}
+		}
+		// A reversed range ("bytes=500-0") selects nothing: the OCI
+		// conformance suite wants 416 for it, not the whole blob.
+		if start < size && (last == "" || end >= start) {
+			keep = append(keep, first+"-"+last)
 		}
 	}
-	e := newError(errcode.ErrorCodeRangeInvalid, fmt.Sprintf("range %q is outside the blob's %d bytes", h, size))
-	e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
-	return e
+	switch {
+	case !asked || size == 0 && len(keep) > 0:
+		// Nothing asked for, or only the suffix of an empty blob: the
+		// whole (empty) blob is the answer.
+		return "", nil
+	case len(keep) == 0:
+		e := newError(errcode.ErrorCodeRangeInvalid, fmt.Sprintf("range %q selects none of the blob's %d bytes", h, size))
+		e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
+		return "", e
+	}
+	return "bytes=" + strings.Join(keep, ","), nil
+}
+
+// ifRangeHolds reports whether a Range applies under If-Range, as
+// ServeContent decides it: absent, the blob's (strong) ETag, or exactly
+// its modification time.
+func ifRangeHolds(ifRange, etag string, modTime time.Time) bool {
+	switch {
+	case ifRange == "":
+		return true
+	case strings.HasPrefix(ifRange, `"`):
+		return ifRange == etag
+	case modTime.IsZero():
+		return false
+	}
+	t, err := http.ParseTime(ifRange)
+	return err == nil && t.Unix() == modTime.Unix()
 }
 
 // rangeEnd is the last byte of a single "bytes=first-last" Range that

@@ -59,3 +59,18 @@ func wantJSON(want string) func(*testing.T, *testServer, *http.Response, []byte)
 		}
 	}
 }
+
+// wantMessage checks that the first error of the body has a message
+// containing sub.
+func wantMessage(sub string) func(*testing.T, *testServer, *http.Response, []byte) {
+	return func(t *testing.T, _ *testServer, _ *http.Response, body []byte) {
+		t.Helper()
+		var eb errorBody
+		if err := json.Unmarshal(body, &eb); err != nil || len(eb.Errors) == 0 {
+			t.Fatalf("body %.200q is no error body (%v)", body, err)
+		}
+		if m := eb.Errors[0].Message; !strings.Contains(m, sub) {
+			t.Errorf("error message %q, want it to contain %q", m, sub)
+		}
+	}
+}

@@ -278,7 +278,7 @@ func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rt := parseRoute(r.URL.Path)
 	if rt.Kind == kindNone {
-		writeError(w, r, newError(errcode.ErrorCodeNameInvalid, "no such API endpoint"))
+		writeError(w, r, unknownEndpoint(r.URL.Path))
 		return
 	}
 	if rt.Kind != kindBase && rt.Kind != kindCatalog && !registry.ValidName(rt.Repo) {
@@ -300,6 +300,21 @@ func (s *Server) v2(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.serveRoute(w, r, rt)
+}
+
+// unknownEndpoint answers a /v2/ path that is no API route: 404, as
+// distribution and zot answer, unless a "." or ".." segment makes it a
+// malformed path rather than an unknown one (400 NAME_INVALID, as for the
+// names of the API routes).
+func unknownEndpoint(path string) *apiError {
+	for _, seg := range strings.Split(path, "/") {
+		if seg == "." || seg == ".." {
+			return newError(errcode.ErrorCodeNameInvalid, "malformed path: dot segments")
+		}
+	}
+	e := newError(errcode.ErrorCodeUnsupported, "no such API endpoint")
+	e.Status = http.StatusNotFound
+	return e
 }
 
 // serveRoute runs the handler of a parsed route on this member.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -39,13 +40,14 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rt route) e
 			return err
 		}
 		defer up.Close()
-		if err := s.appendBody(r, up); err != nil {
-			// The client never learns this session: end it even when the
-			// request's context ended with the connection.
+		// The client never learns this session: end it on any failure,
+		// even when the request's context ended with the connection.
+		if err := s.appendBody(r, up, -1); err != nil {
 			_ = up.Cancel(context.WithoutCancel(ctx))
 			return err
 		}
 		if _, err := up.Commit(ctx, dgst); err != nil {
+			_ = up.Cancel(context.WithoutCancel(ctx))
 			return err
 		}
 		s.reg.NoteBlob(ctx, rt.Repo, dgst)
@@ -98,10 +100,11 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, rt route) e
 		return err
 	}
 	defer up.Close()
-	if err := checkContentRange(r, rt.Repo, up); err != nil {
+	want, err := checkContentRange(r, rt.Repo, up)
+	if err != nil {
 		return err
 	}
-	if err := s.appendBody(r, up); err != nil {
+	if err := s.appendBody(r, up, want); err != nil {
 		return err
 	}
 	return uploadAccepted(w, rt.Repo, up, http.StatusAccepted)
@@ -123,10 +126,11 @@ func (s *Server) putUpload(w http.ResponseWriter, r *http.Request, rt route) err
 		return err
 	}
 	defer up.Close()
-	if err := checkContentRange(r, rt.Repo, up); err != nil {
+	want, err := checkContentRange(r, rt.Repo, up)
+	if err != nil {
 		return err
 	}
-	if err := s.appendBody(r, up); err != nil {
+	if err := s.appendBody(r, up, want); err != nil {
 		return err
 	}
 	if _, err := up.Commit(ctx, dgst); err != nil {
@@ -161,44 +165,71 @@ func (s *Server) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) 
 	return nil
 }
 
-// appendBody streams the request body into the session.
-func (s *Server) appendBody(r *http.Request, up storage.Upload) error {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+// appendBody streams the request body into the session. With want >= 0
+// (the length a Content-Range declares) the body must hold exactly want
+// bytes: no more are read, and a shorter or longer body is refused. Like a
+// body broken off, what was stored before the refusal stays in the session
+// (its Range says how much).
+func (s *Server) appendBody(r *http.Request, up storage.Upload, want int64) error {
+	body := r.Body
+	if body == nil {
+		body = http.NoBody
+	}
+	if want < 0 && (body == http.NoBody || r.ContentLength == 0) {
 		return nil
 	}
 	s.metrics.uploads.Inc()
 	defer s.metrics.uploads.Dec()
+	var src io.Reader = body
+	if want >= 0 {
+		src = io.LimitReader(body, want)
+	}
 	// A broken-off body ends the request's context with the connection;
 	// what was received is still stored, so the session can be resumed.
-	n, err := up.Append(context.WithoutCancel(r.Context()), r.Body)
+	n, err := up.Append(context.WithoutCancel(r.Context()), src)
 	if err != nil {
 		return fmt.Errorf("receive upload body after %d bytes: %w", n, err)
 	}
 	if r.ContentLength > 0 && n != r.ContentLength {
 		return newError(errcode.ErrorCodeSizeInvalid, fmt.Sprintf("received %d bytes, Content-Length was %d", n, r.ContentLength))
 	}
+	if want >= 0 && n != want {
+		return newError(errcode.ErrorCodeSizeInvalid, fmt.Sprintf("received %d bytes, Content-Range declared %d", n, want))
+	}
+	if want >= 0 && r.ContentLength < 0 {
+		// A body without Content-Length may go on past the range.
+		var b [1]byte
+		if k, _ := io.ReadFull(body, b[:]); k > 0 {
+			return newError(errcode.ErrorCodeSizeInvalid, fmt.Sprintf("the body is longer than the %d bytes Content-Range declared", want))
+		}
+	}
 	return nil
 }
 
-// checkContentRange rejects a chunk that does not start where the session
-// ends (416 with the current Range), or whose range disagrees with its length.
-func checkContentRange(r *http.Request, repo string, up storage.Upload) error {
+// checkContentRange checks a chunk's Content-Range, if any, and returns
+// the length it declares (-1 without one). A chunk that does not start
+// where the session ends is refused with 416 and the current Range; one
+// whose range disagrees with its Content-Length, with 400 SIZE_INVALID.
+func checkContentRange(r *http.Request, repo string, up storage.Upload) (int64, error) {
 	cr := r.Header.Get("Content-Range")
 	if cr == "" {
-		return nil
+		return -1, nil
 	}
 	start, end, err := parseContentRange(cr)
-	bad := err != nil || start != up.Size() || (r.ContentLength >= 0 && end-start+1 != r.ContentLength)
-	if !bad {
-		return nil
+	if err != nil || start != up.Size() {
+		e := newError(errcode.ErrorCodeBlobUploadInvalid, fmt.Sprintf("Content-Range %q does not continue the upload at offset %d", cr, up.Size()))
+		e.Status = http.StatusRequestedRangeNotSatisfiable
+		e.Header = http.Header{}
+		e.Header.Set("Location", uploadLocation(repo, up.ID()))
+		e.Header.Set("Range", uploadRange(up.Size()))
+		e.Header.Set("Docker-Upload-UUID", up.ID())
+		return 0, e
 	}
-	e := newError(errcode.ErrorCodeBlobUploadInvalid, fmt.Sprintf("Content-Range %q does not continue the upload at offset %d", cr, up.Size()))
-	e.Status = http.StatusRequestedRangeNotSatisfiable
-	e.Header = http.Header{}
-	e.Header.Set("Location", uploadLocation(repo, up.ID()))
-	e.Header.Set("Range", uploadRange(up.Size()))
-	e.Header.Set("Docker-Upload-UUID", up.ID())
-	return e
+	n := end - start + 1
+	if r.ContentLength >= 0 && n != r.ContentLength {
+		return 0, newError(errcode.ErrorCodeSizeInvalid, fmt.Sprintf("Content-Range %q declares %d bytes, Content-Length is %d", cr, n, r.ContentLength))
+	}
+	return n, nil
 }
 
 // parseContentRange accepts "start-end", "bytes start-end" and "bytes start-end/total".
