@@ -216,7 +216,13 @@ func (r *Registry) DeleteTagIf(ctx context.Context, repo, tag string, dgst diges
 				// A push writes the manifest before index.json: one that
 				// has not updated the index yet will find the tag gone
 				// and put it back.
-				if info, err := r.store.Stat(ctx, repo, dgst); err == nil && info.ModTime.After(pushedAt) {
+				info, err := r.store.Stat(ctx, repo, dgst)
+				switch {
+				case errors.Is(err, storage.ErrBlobUnknown):
+					// The manifest's content is gone: nothing to protect.
+				case err != nil:
+					return fmt.Errorf("check when %s was last pushed: %w", tag, err)
+				case info.ModTime.After(pushedAt):
 					return errStale
 				}
 				x.deleteTag(tag)

@@ -202,3 +202,26 @@ func TestDeleteTagIfAfterRepush(t *testing.T) {
 		t.Errorf("DeleteTagIf with the current push time = %v, %v; want true, nil", ok, err)
 	}
 }
+
+// failingStat is a store whose Stat fails as an unavailable backend.
+type failingStat struct{ storage.Driver }
+
+func (failingStat) Stat(context.Context, string, digest.Digest) (storage.BlobInfo, error) {
+	return storage.BlobInfo{}, storage.ErrUnavailable
+}
+
+// TestDeleteTagIfCannotCheck: when the push time cannot be checked, the
+// tag stays (the collector fails, to retry later).
+func TestDeleteTagIfCannotCheck(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	d := e.put(t, "repo", "v1", MediaTypeOCIManifest, e.image(t, "repo", "one", nil))
+	reg := New(failingStat{e.store}, e.md, zerolog.Nop())
+	if ok, err := reg.DeleteTagIf(ctx, "repo", "v1", d.Digest, time.Now()); ok || !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("DeleteTagIf with storage unavailable = %v, %v; want false, ErrUnavailable", ok, err)
+	}
+	if _, err := e.reg.Resolve(ctx, "repo", "v1"); err != nil {
+		t.Errorf("v1 after a failed check: %v", err)
+	}
+}

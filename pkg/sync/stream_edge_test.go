@@ -482,7 +482,7 @@ func TestStalledUpstreamBody(t *testing.T) {
 	layer, _ := layerOf(t, img)
 	release := up1.holdBlob(layer.String(), 1024) // never released while the copy runs
 	defer release()
-	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up1.URL, up2.URL)}, func(d *Deps) { d.BodyIdle = 200 * time.Millisecond })
+	e := newSyncEnv(t, []config.SyncRegistry{regConfig(up1.URL, up2.URL)}, func(d *Deps) { d.BodyIdle = time.Second })
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	if m, err := e.s.Manifest(ctx, "lib/app", "1", true); err != nil || m == nil {
@@ -495,8 +495,8 @@ func TestStalledUpstreamBody(t *testing.T) {
 	if n := up1.count("GET", "/v2/lib/app/blobs/"+layer.String()); n != 3 {
 		t.Errorf("GETs of the layer from the stalled mirror = %d, want 3 (1 + 2 retries)", n)
 	}
-	if n := up2.count("GET", "/v2/lib/app/blobs/"+layer.String()); n != 1 {
-		t.Errorf("GETs of the layer from mirror 2 = %d, want 1", n)
+	if n := up2.count("GET", "/v2/lib/app/blobs/"+layer.String()); n < 1 {
+		t.Errorf("GETs of the layer from mirror 2 = %d, want at least 1", n)
 	}
 }
 
