@@ -93,7 +93,7 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt route) e
 	if err != nil {
 		return err
 	}
-	res, err := s.reg.PutManifest(r.Context(), rt.Repo, rt.Ref, r.Header.Get("Content-Type"), body, r.URL.Query()["tag"])
+	res, err := s.reg.PushManifest(r.Context(), rt.Repo, rt.Ref, r.Header.Get("Content-Type"), body, r.URL.Query()["tag"])
 	if err != nil {
 		return err
 	}

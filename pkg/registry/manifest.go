@@ -72,9 +72,6 @@ func nonDistributable(mediaType string) bool {
 // implies.
 func ManifestMediaType(contentType string, body []byte) (string, error) {
 	p, err := parseManifest(contentType, body)
-	if err == nil {
-		err = p.pushable()
-	}
 	if err != nil {
 		return "", err
 	}
@@ -82,7 +79,8 @@ func ManifestMediaType(contentType string, body []byte) (string, error) {
 }
 
 // pushable refuses what a client may not push: any media type but image
-// manifests and indexes. It is checked on the way in only: stored content
+// manifests and indexes. It is checked for clients' pushes only (see
+// PushManifest): a mirror stores what upstream serves, and stored content
 // is parsed as it is (rebuild, collection), so a document an earlier
 // version accepted stays readable.
 func (p *parsedManifest) pushable() error {

@@ -236,8 +236,9 @@ func TestParseImageAsIndex(t *testing.T) {
 	}
 }
 
-// ManifestMediaType settles the media type of what sync fetches: the four
-// manifest types, given or implied by the document; anything else is refused.
+// ManifestMediaType settles the media type of what sync fetches: the one
+// given or implied by the document, kept as upstream serves it (other types
+// than the four are mirrored as they are).
 func TestManifestMediaType(t *testing.T) {
 	t.Parallel()
 	cfg := v1.Descriptor{MediaType: v1.MediaTypeImageConfig, Digest: digest.FromString("cfg"), Size: 3}
@@ -254,8 +255,9 @@ func TestManifestMediaType(t *testing.T) {
 		{"", string(indexJSON("", child)), MediaTypeOCIIndex},
 		{MediaTypeDockerList + "; charset=utf-8", string(indexJSON(MediaTypeDockerList, child)), MediaTypeDockerList},
 		{"", string(indexJSON(MediaTypeDockerList, child)), MediaTypeDockerList},
-		{"application/vnd.example+json", `{"schemaVersion":2}`, ""},
-		{"", `{"schemaVersion":2,"mediaType":"application/vnd.example+json"}`, ""},
+		{"application/vnd.example+json", `{"schemaVersion":2}`, "application/vnd.example+json"},
+		{"", `{"schemaVersion":2,"mediaType":"application/vnd.example+json"}`, "application/vnd.example+json"},
+		{"", `not json`, ""},
 	} {
 		got, err := ManifestMediaType(tt.contentType, []byte(tt.body))
 		if got != tt.want || (tt.want == "") != errors.Is(err, ErrManifestInvalid) {
@@ -264,14 +266,26 @@ func TestManifestMediaType(t *testing.T) {
 	}
 }
 
-// TestStoredOpaqueManifestStaysReadable: a manifest of a media type that
-// is no longer accepted on push, stored by an earlier version, still
-// parses for rebuilds and collections.
-func TestStoredOpaqueManifestStaysReadable(t *testing.T) {
-	if _, err := parseManifest("application/vnd.example.thing+json", []byte(`{"schemaVersion":2}`)); err != nil {
-		t.Errorf("parsing a stored opaque manifest: %v", err)
+// TestOpaqueManifestMirroredNotPushed: a manifest of a media type clients
+// may not push (an early OCI artifact manifest) is still stored when a
+// mirror copies it, and still parses once stored, for rebuilds and
+// collections.
+func TestOpaqueManifestMirroredNotPushed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const mt = "application/vnd.oci.artifact.manifest.v1+json"
+	body := []byte(`{"mediaType":"` + mt + `","artifactType":"application/vnd.example.sig"}`)
+	if _, err := e.reg.PushManifest(t.Context(), "repo", "pushed", mt, body, nil); !errors.Is(err, ErrManifestInvalid) {
+		t.Errorf("a client's push: %v, want ErrManifestInvalid", err)
 	}
-	if _, err := ManifestMediaType("application/vnd.example.thing+json", []byte(`{"schemaVersion":2}`)); !errors.Is(err, ErrManifestInvalid) {
-		t.Errorf("pushing it: %v, want ErrManifestInvalid", err)
+	if got, err := ManifestMediaType(mt, body); err != nil || got != mt {
+		t.Errorf("ManifestMediaType for a mirror = %q, %v", got, err)
+	}
+	d := e.put(t, "repo", "mirrored", mt, body)
+	if _, err := e.reg.RebuildRepo(t.Context(), "repo"); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := e.reg.Resolve(t.Context(), "repo", "mirrored"); err != nil || m.Digest != d.Digest.String() || m.MediaType != mt {
+		t.Errorf("mirrored opaque manifest after a rebuild: %+v, %v", m, err)
 	}
 }

@@ -68,9 +68,6 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 		return PutResult{}, fmt.Errorf("%w: content digest %s does not match %s", ErrDigestInvalid, dgst, refDigest)
 	}
 	p, err := parseManifest(contentType, body)
-	if err == nil {
-		err = p.pushable()
-	}
 	if err != nil {
 		return PutResult{}, err
 	}
@@ -124,6 +121,21 @@ func (r *Registry) PutManifest(ctx context.Context, repo, ref, contentType strin
 	}
 	r.settle(ctx, repo, ver)
 	return PutResult{Digest: dgst, Subject: p.subject, Tags: tags}, nil
+}
+
+// PushManifest is PutManifest for a client's push: only image manifests
+// and indexes (OCI, Docker schema 2) are accepted, whatever the
+// Content-Type says. PutManifest itself stores any well-formed manifest,
+// as a mirror keeps what upstream serves.
+func (r *Registry) PushManifest(ctx context.Context, repo, ref, contentType string, body []byte, tags []string) (PutResult, error) {
+	if len(body) <= MaxManifestSize {
+		if p, err := parseManifest(contentType, body); err == nil {
+			if err := p.pushable(); err != nil {
+				return PutResult{}, err
+			}
+		}
+	}
+	return r.PutManifest(ctx, repo, ref, contentType, body, tags)
 }
 
 // Resolve returns the manifest record ref names.
