@@ -28,9 +28,13 @@ import (
 // shutdownGrace bounds how long in-flight requests may finish on SIGTERM.
 const shutdownGrace = 30 * time.Second
 
-// stopWait bounds each wait after the grace period: for handlers cut at
-// its end, and for the collector recording pull times.
+// stopWait bounds the wait for handlers cut at the end of the grace
+// period, and a flush of pull times.
 const stopWait = 10 * time.Second
+
+// gcStopWait bounds the wait for the collector to stop: a commit it has
+// begun (30 s at most) and its last flush of pull times.
+const gcStopWait = 45 * time.Second
 
 func cmdServe(args []string, stderr io.Writer) error {
 	fl := newFlags("serve", "serve [CONFIG]", stderr)
@@ -175,8 +179,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 		stopGC()
 		select {
 		case <-gcDone:
-		case <-time.After(stopWait):
-			log.Warn().Msg("gave up waiting for pull times to be recorded")
+		case <-time.After(gcStopWait):
+			log.Warn().Msg("gave up waiting for the collector to stop and record pull times")
 		}
 	}()
 
@@ -236,6 +240,16 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	}
 	log.Info().Msg("shutting down")
 	srv.SetReady(false)
+	// Record the pulls noted so far now, in case the drain is cut short
+	// (a SIGKILL after Kubernetes' grace period); those of the drain are
+	// recorded when the collector stops.
+	go func() {
+		fctx, cancel := context.WithTimeout(context.Background(), stopWait)
+		defer cancel()
+		if err := reg.FlushPulls(fctx); err != nil {
+			log.Warn().Err(err).Msg("failed to record pull times at shutdown; retrying after the drain")
+		}
+	}()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
