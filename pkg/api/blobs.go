@@ -89,6 +89,18 @@ func (s *Server) syncedBlob(w http.ResponseWriter, r *http.Request, repo string,
 		return false, err
 	}
 	defer sb.Close()
+	// Settle Range first (as serveBlob does), so that the range whose last
+	// byte is held back is the one served, however the header was written.
+	if rg := r.Header.Get("Range"); rg != "" {
+		spec, err := checkRange(rg, r.Header.Get("If-Range"), `"`+dgst.String()+`"`, time.Time{}, sb.Size())
+		if err != nil {
+			return true, err
+		}
+		r.Header.Set("Range", spec)
+		if spec == "" {
+			r.Header.Del("Range")
+		}
+	}
 	if strings.Contains(r.Header.Get("Range"), ",") {
 		// Multiple ranges would be read by ServeContent from a goroutine
 		// of its own; a blob in flight is served whole instead (a server
@@ -259,8 +271,9 @@ func ifRangeHolds(ifRange, etag string, modTime time.Time) bool {
 	return err == nil && t.Unix() == modTime.Unix()
 }
 
-// rangeEnd is the last byte of a single "bytes=first-last" Range that
-// stops short of the end of a blob of size bytes.
+// rangeEnd is the last byte of a single "bytes=first-last" Range (as
+// checkRange settles it) that stops short of the end of a blob of size
+// bytes.
 func rangeEnd(h string, size int64) (int64, bool) {
 	spec, ok := strings.CutPrefix(h, "bytes=")
 	if !ok || strings.Contains(spec, ",") {

@@ -187,10 +187,10 @@ func TestStreamThroughAPI(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, first); err != nil {
 		t.Fatalf("first bytes while upstream holds the rest: %v", err)
 	}
-	// A short Range is answered 206, but its last byte, like the blob's,
-	// waits until the whole blob is verified.
+	// A short Range (however spelt) is answered 206, but its last byte,
+	// like the blob's, waits until the whole blob is verified.
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v2/lib/app/blobs/"+layer.String(), nil)
-	req.Header.Set("Range", "bytes=10-19")
+	req.Header.Set("Range", "Bytes= 10-19")
 	rresp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
