@@ -243,13 +243,18 @@ func serve(ctx context.Context, cfg *config.Config, path string, log zerolog.Log
 	// Record the pulls noted so far now, in case the drain is cut short
 	// (a SIGKILL after Kubernetes' grace period); those of the drain are
 	// recorded when the collector stops.
+	flushed := make(chan struct{})
 	go func() {
+		defer close(flushed)
 		fctx, cancel := context.WithTimeout(context.Background(), stopWait)
 		defer cancel()
 		if err := reg.FlushPulls(fctx); err != nil {
 			log.Warn().Err(err).Msg("failed to record pull times at shutdown; retrying after the drain")
 		}
 	}()
+	// Whatever happens, this flush ends (bounded by stopWait) before the
+	// collector's last one and before the stores close.
+	defer func() { <-flushed }()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
