@@ -39,22 +39,9 @@ func (h *heldPut) Put(ctx context.Context, repo string, d digest.Digest, content
 	return h.Driver.Put(ctx, repo, d, content)
 }
 
-// TestGCTwoMembersSlowManifestWrite replays, step by step, one
-// interleaving of a push on member A and a collection on member B of the
-// same repository (both believe they own it), over shared storage and
-// metadata:
-//
-//  1. A's PutManifest checks that the reused blobs exist (they do: old,
-//     unreferenced, so collectable) and starts writing the manifest;
-//  2. B runs a whole pass: marks the blobs in index.json, deletes them,
-//     clears the mark;
-//  3. A's manifest write completes; A updates index.json, sees no mark,
-//     and acknowledges the push.
-//
-// The acknowledged image must be complete.
-func TestGCTwoMembersSlowManifestWrite(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
+// sharedStores opens the storage and metadata two members share.
+func sharedStores(t *testing.T) (*fs.Driver, *bolt.Store) {
+	t.Helper()
 	dir := t.TempDir()
 	store, err := fs.New(filepath.Join(dir, "data"), zerolog.Nop())
 	if err != nil {
@@ -65,13 +52,17 @@ func TestGCTwoMembersSlowManifestWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = md.Close() })
-	const repo = "shared/app"
+	return store, md
+}
 
-	// An old layer and config, unreferenced (a tag moved away from them).
-	layer := []byte("old base layer")
-	cfg := []byte(`{"architecture":"amd64"}`)
+// oldImage stores config and layer in repo, unreferenced (as after a tag
+// moved away from them), and returns their descriptors and the body of an
+// image manifest that reuses them.
+func oldImage(t *testing.T, store storage.Driver, repo string, config, layer []byte) ([]v1.Descriptor, []byte) {
+	t.Helper()
+	ctx := t.Context()
 	var blobs []v1.Descriptor
-	for _, b := range [][]byte{cfg, layer} {
+	for _, b := range [][]byte{config, layer} {
 		d := digest.FromBytes(b)
 		up, err := store.NewUpload(ctx, repo)
 		if err != nil {
@@ -90,6 +81,30 @@ func TestGCTwoMembersSlowManifestWrite(t *testing.T) {
 	m := v1.Manifest{MediaType: v1.MediaTypeImageManifest, Config: blobs[0], Layers: blobs[1:]}
 	m.SchemaVersion = 2
 	body, _ := json.Marshal(m)
+	return blobs, body
+}
+
+// TestGCTwoMembersSlowManifestWrite replays, step by step, one
+// interleaving of a push on member A and a collection on member B of the
+// same repository (both believe they own it), over shared storage and
+// metadata:
+//
+//  1. A's PutManifest checks that the reused blobs exist (they do: old,
+//     unreferenced, so collectable) and starts writing the manifest;
+//  2. B runs a whole pass: marks the blobs in index.json, deletes them,
+//     clears the mark;
+//  3. A's manifest write completes; A updates index.json, sees no mark,
+//     and acknowledges the push.
+//
+// The acknowledged image must be complete.
+func TestGCTwoMembersSlowManifestWrite(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	store, md := sharedStores(t)
+	const repo = "shared/app"
+
+	// An old layer and config, unreferenced (a tag moved away from them).
+	blobs, body := oldImage(t, store, repo, []byte(`{"architecture":"amd64"}`), []byte("old base layer"))
 	mdgst := digest.FromBytes(body)
 
 	// Member B over the shared stores, member A over the same stores with
@@ -189,37 +204,9 @@ func (h *heldIndex) PutIndex(ctx context.Context, repo string, data []byte, expe
 func TestGCTwoMembersSlowIndexWrite(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dir := t.TempDir()
-	store, err := fs.New(filepath.Join(dir, "data"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, err := bolt.Open(filepath.Join(dir, "meta.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = md.Close() })
+	store, md := sharedStores(t)
 	const repo = "shared/app"
-	var blobs []v1.Descriptor
-	for _, b := range [][]byte{[]byte(`{"architecture":"arm64"}`), []byte("old layer")} {
-		d := digest.FromBytes(b)
-		up, err := store.NewUpload(ctx, repo)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := up.Append(ctx, bytes.NewReader(b)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := up.Commit(ctx, d); err != nil {
-			t.Fatal(err)
-		}
-		up.Close()
-		blobs = append(blobs, v1.Descriptor{Digest: d, Size: int64(len(b))})
-	}
-	blobs[0].MediaType, blobs[1].MediaType = v1.MediaTypeImageConfig, v1.MediaTypeImageLayerGzip
-	m := v1.Manifest{MediaType: v1.MediaTypeImageManifest, Config: blobs[0], Layers: blobs[1:]}
-	m.SchemaVersion = 2
-	body, _ := json.Marshal(m)
+	blobs, body := oldImage(t, store, repo, []byte(`{"architecture":"arm64"}`), []byte("old layer"))
 
 	b := registry.New(store, md, zerolog.Nop())
 	held := &heldIndex{Driver: store, repo: repo, armed: make(chan struct{}), reached: make(chan struct{}), release: make(chan struct{})}
